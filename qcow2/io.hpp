@@ -1,0 +1,69 @@
+// The engine's I/O seam: every byte the engine reads or writes goes through File.
+// Production uses io_uring (UringFile); tests may substitute a recording or fault-injecting File.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <cstddef>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "qcow2/result.hpp"
+#include "qcow2/types.hpp"
+
+namespace qnbd::io {
+
+namespace asio = boost::asio;
+using asio::awaitable;
+
+/// How fallocate() changes a range.
+enum class Fallocate {
+    PunchHole,  ///< Deallocate the range (reads as zeros), keep the file size.
+    ZeroRange,  ///< Make the range read as zeros, keep it allocated if possible.
+};
+
+/// How the file is opened: page cache or O_DIRECT, and whether writes are synchronous.
+struct OpenFlags {
+    bool writable = false;
+    bool create = false;  ///< Create (or truncate) the file.
+    bool direct = false;  ///< O_DIRECT: buffers, offsets and lengths must be 4096-aligned.
+};
+
+/// Asynchronous random-access file: the four operations the engine needs, plus its size.
+class File {
+public:
+    virtual ~File() = default;
+    /// Reads into the scatter list at `off`; returns bytes read, short only at end of file.
+    virtual awaitable<Result<size_t>> readv(HostOffset off, std::span<const iovec> iov) = 0;
+    /// Writes the gather list at `off`, all of it or an error.
+    virtual awaitable<Result<void>> writev(HostOffset off, std::span<const iovec> iov) = 0;
+    /// Punches a hole or zeroes a range; ENOTSUP/EOPNOTSUPP if the file system cannot.
+    virtual awaitable<Result<void>> fallocate(Fallocate mode, HostOffset off, uint64_t len) = 0;
+    /// Makes every completed write durable (fdatasync).
+    virtual awaitable<Result<void>> sync() = 0;
+    /// Current size of the file in bytes.
+    virtual Result<uint64_t> size() const = 0;
+    /// Sets the file size (used when creating images and on growth preallocation).
+    virtual Result<void> truncate(uint64_t size) = 0;
+    /// True when the file was opened with O_DIRECT.
+    virtual bool direct() const = 0;
+    /// The path the file was opened from (for messages).
+    virtual const std::string& path() const = 0;
+
+    /// Reads into one buffer; returns bytes read (short only at end of file).
+    awaitable<Result<size_t>> read(HostOffset off, std::span<std::byte> buf);
+    /// Reads exactly buf.size() bytes; bytes past end of file read as zeros.
+    awaitable<Result<void>> read_zero_padded(HostOffset off, std::span<std::byte> buf);
+    /// Writes one buffer.
+    awaitable<Result<void>> write(HostOffset off, std::span<const std::byte> buf);
+};
+
+/// Opens `path` for io_uring-backed asynchronous I/O on `ex`; blocking calls (fdatasync,
+/// fallocate) run on a small shared thread pool so the reactor never blocks.
+Result<std::unique_ptr<File>> open_file(asio::any_io_executor ex, const std::string& path,
+                                        OpenFlags flags);
+
+}  // namespace qnbd::io

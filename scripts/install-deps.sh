@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs everything qnbd needs to build and test, from Debian bookworm packages.
+# Idempotent: packages already present are left alone.
+set -euo pipefail
+
+pkgs=(
+  build-essential cmake ninja-build pkg-config git
+  libboost1.81-dev liburing-dev libspdlog-dev libfmt-dev libcli11-dev catch2
+  libnbd-dev zlib1g-dev libzstd-dev libsystemd-dev
+  qemu-utils libnbd-bin python3-libnbd fio nbdkit
+)
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
