@@ -22,6 +22,8 @@ inline Error make_error(int code, std::string message) { return Error{code, std:
 template <class T>
 class [[nodiscard]] Result {
 public:
+    /// An error placeholder (asio needs default-constructible results).
+    Result() : v_(std::in_place_index<1>, Error{EIO, "no result"}) {}
     Result(T value) : v_(std::in_place_index<0>, std::move(value)) {}
     Result(Error error) : v_(std::in_place_index<1>, std::move(error)) {}
 
@@ -34,7 +36,7 @@ public:
     const T& operator*() const& { return value(); }
     T* operator->() { return &value(); }
     const T* operator->() const { return &value(); }
-    const Error& error() const { return std::get<1>(v_); }
+    const Error& error() const& { return std::get<1>(v_); }
     Error&& error() && { return std::get<1>(std::move(v_)); }
 
 private:

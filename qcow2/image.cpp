@@ -1,0 +1,89 @@
+// Qcow2Image construction, open-time repairs and clean close.
+#include "qcow2/image.hpp"
+
+#include <algorithm>
+
+namespace qnbd::qcow2 {
+namespace {
+
+/// Default metadata cache: enough L2 tables for the whole disk, capped at 128 MiB.
+uint64_t l2_budget(const Header& h, const OpenOptions& o) {
+    const uint64_t cs = h.cluster_size();
+    if (o.metadata_cache_bytes) return std::max<uint64_t>(o.metadata_cache_bytes * 4 / 5, 4 * cs);
+    const uint64_t need = uint64_t{h.l1_size} * cs;
+    return std::clamp<uint64_t>(need, 4 * cs, std::max<uint64_t>(128u << 20, 4 * cs));
+}
+
+uint64_t refcount_budget(const Header& h, const OpenOptions& o) {
+    const uint64_t cs = h.cluster_size();
+    if (o.metadata_cache_bytes) return std::max<uint64_t>(o.metadata_cache_bytes / 5, 4 * cs);
+    return std::max<uint64_t>(l2_budget(h, o) / 4, 4 * cs);
+}
+
+}  // namespace
+
+Qcow2Image::Qcow2Image(ImageParts p)
+    : ex_(p.ex),
+      file_(std::move(p.file)),
+      data_file_(std::move(p.data_file)),
+      backing_(std::move(p.backing)),
+      header_(std::move(p.header)),
+      header_bytes_(std::move(p.header_bytes)),
+      geo_(header_.geometry()),
+      fmt_{geo_, header_.version >= 3, header_.has_data_file(), header_.has_data_file() && header_.data_file_raw()},
+      opts_(p.opts),
+      read_only_(p.opts.read_only),
+      l1_(std::move(p.l1)),
+      l2_cache_(*file_, geo_.cluster_size(), l2_budget(header_, p.opts), stats_) {
+    refcounts_ = std::make_unique<Refcounts>(
+        *file_, geo_, header_.refcount_order,
+        RefTableLocation{header_.refcount_table_offset, header_.refcount_table_clusters}, std::move(p.reftable),
+        refcount_budget(header_, p.opts), p.file_size, stats_);
+    header_on_disk_dirty_ = header_.dirty();
+}
+
+awaitable<Result<std::unique_ptr<Qcow2Image>>> Qcow2Image::create(ImageParts parts) {
+    std::unique_ptr<Qcow2Image> img(new Qcow2Image(std::move(parts)));
+    if (img->read_only_) co_return img;
+    Header& h = img->header_;
+    // Bits this engine does not keep up to date are cleared before anything is written.
+    const uint64_t autoclear = h.autoclear_features & kAutoclearRawData;
+    if (autoclear != h.autoclear_features) {
+        h.autoclear_features = autoclear;
+        if (auto r = co_await img->write_header(); !r) co_return r.error();
+        if (auto r = co_await img->sync_all(); !r) co_return r.error();
+    }
+    if (h.dirty()) {
+        if (auto r = co_await img->rebuild_refcounts(); !r) co_return r.error();
+        if (auto r = co_await img->flush(); !r) co_return r.error();
+    }
+    co_return img;
+}
+
+awaitable<Result<void>> Qcow2Image::close() {
+    if (closed_) co_return ok();
+    Result<void> result;
+    if (!read_only_) {
+        // Frees applied after a barrier dirty the refcounts again: repeat until quiet.
+        for (int i = 0; i < 4 && result; ++i) {
+            result = co_await flush();
+            if (!refcounts_->has_dirty() && !refcounts_->has_pending_frees() && !l2_cache_.has_dirty() &&
+                l1_dirty_.empty())
+                break;
+        }
+        if (result && header_on_disk_dirty_) {
+            header_.incompatible_features &= ~kIncompatDirty;
+            result = co_await write_header();
+            if (result) result = co_await sync_all();
+            if (result) header_on_disk_dirty_ = false;
+        }
+    }
+    closed_ = true;
+    if (backing_) {
+        auto r = co_await backing_->close();
+        if (result && !r) result = r;
+    }
+    co_return result;
+}
+
+}  // namespace qnbd::qcow2

@@ -1,0 +1,142 @@
+// Qcow2Image: the qcow2 engine behind a Disk. Requests run concurrently on one executor;
+// no lock is held across I/O. Metadata changes stay in memory and reach the disk at flush
+// barriers in crash-safe order (refcounts, sync, L2 tables, L1/header, sync).
+#pragma once
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <unordered_map>
+#include <vector>
+
+#include "qcow2/async.hpp"
+#include "qcow2/disk.hpp"
+#include "qcow2/header.hpp"
+#include "qcow2/io.hpp"
+#include "qcow2/l2_entry.hpp"
+#include "qcow2/metadata_cache.hpp"
+#include "qcow2/open.hpp"
+#include "qcow2/refcounts.hpp"
+
+namespace qnbd::qcow2 {
+
+/// One run of a guest range with a single plan (host-contiguous for data).
+struct Segment {
+    GuestOffset guest;
+    uint64_t length = 0;
+    Plan plan;
+};
+
+/// Everything needed to construct an image once its files are open and validated.
+struct ImageParts {
+    asio::any_io_executor ex;
+    std::unique_ptr<io::File> file;
+    std::unique_ptr<io::File> data_file;  ///< External data file, or null.
+    std::unique_ptr<Disk> backing;        ///< Backing image, or null.
+    Header header;
+    Buffer header_bytes;  ///< The first header_length bytes as read.
+    std::vector<uint64_t> l1;
+    std::vector<uint64_t> reftable;
+    uint64_t file_size = 0;
+    OpenOptions opts;
+};
+
+/// A qcow2 image opened for serving.
+class Qcow2Image final : public Disk {
+public:
+    /// Opens an image from its validated parts; for writable images whose dirty bit is set,
+    /// rebuilds the refcounts before any write.
+    static awaitable<Result<std::unique_ptr<Qcow2Image>>> create(ImageParts parts);
+    ~Qcow2Image() override = default;
+
+    uint64_t size() const override { return header_.size; }
+    bool read_only() const override { return read_only_; }
+    std::string format_name() const override { return "qcow2"; }
+    awaitable<Result<void>> read(GuestOffset off, std::span<std::byte> buf,
+                                 std::vector<ZeroRun>* zeros) override;
+    awaitable<Result<void>> write(GuestOffset off, std::span<const std::byte> buf,
+                                  WriteFlags flags) override;
+    awaitable<Result<void>> write_zeroes(GuestOffset off, uint64_t len, ZeroFlags flags) override;
+    awaitable<Result<void>> discard(GuestOffset off, uint64_t len, WriteFlags flags) override;
+    awaitable<Result<void>> flush() override;
+    awaitable<Result<std::vector<Extent>>> block_status(GuestOffset off, uint64_t len) override;
+    awaitable<Result<void>> close() override;
+    DiskStats stats() const override { return stats_; }
+
+    const Header& header() const { return header_; }
+
+private:
+    explicit Qcow2Image(ImageParts parts);
+
+    // Mapping (image_map.cpp).
+    awaitable<Result<CacheRef>> l2_table(ClusterIndex c, bool allocate);
+    awaitable<Result<ClusterInfo>> lookup(ClusterIndex c);
+    awaitable<Result<std::vector<Segment>>> map_range(GuestOffset off, uint64_t len);
+    std::pair<uint64_t, uint64_t> l2_slot(const CacheRef& t, ClusterIndex c) const;
+    void set_l2_slot(const CacheRef& t, ClusterIndex c, uint64_t entry, uint64_t bitmap);
+
+    // Reading (image_read.cpp).
+    awaitable<Result<void>> read_segment(Segment seg, std::span<std::byte> out);
+    awaitable<Result<void>> read_backing(GuestOffset off, std::span<std::byte> out);
+    awaitable<Result<void>> read_compressed(PlanCompressed p, uint64_t in_cluster, std::span<std::byte> out);
+
+    // Writing (image_write.cpp, image_cow.cpp).
+    awaitable<Result<void>> check_writable(GuestOffset off, uint64_t len);
+    awaitable<void> lock_cluster(ClusterIndex c);
+    void unlock_cluster(ClusterIndex c);
+    awaitable<Result<void>> write_cluster(ClusterIndex c, uint64_t start, std::span<const std::byte> data);
+    awaitable<Result<void>> write_allocating(ClusterIndex c, const ClusterInfo& ci, uint64_t start,
+                                             std::span<const std::byte> data);
+    awaitable<Result<void>> zero_cluster(ClusterIndex c, uint64_t start, uint64_t len, ZeroFlags flags);
+    awaitable<Result<void>> discard_cluster(ClusterIndex c);
+    awaitable<Result<HostOffset>> allocate_data_cluster(ClusterIndex c, bool& fresh);
+    void release_host(const ClusterInfo& ci);
+    awaitable<Result<void>> after_write(bool fua);
+
+    // Barriers (image_flush.cpp).
+    awaitable<Result<void>> run_barriers();
+    awaitable<Result<void>> barrier();
+    awaitable<Result<void>> sync_all();
+    awaitable<Result<void>> write_header();
+    awaitable<Result<void>> write_copies(std::vector<DirtyCopy>& copies);
+    std::vector<TableWrite> take_dirty_l1();
+    awaitable<Result<void>> write_tables(const std::vector<TableWrite>& tables);
+    void maybe_background_flush();
+
+    // Refcount rebuild of a dirty image (rebuild.cpp).
+    awaitable<Result<void>> rebuild_refcounts();
+
+    asio::any_io_executor ex_;
+    std::unique_ptr<io::File> file_;
+    std::unique_ptr<io::File> data_file_;
+    std::unique_ptr<Disk> backing_;
+    Header header_;
+    Buffer header_bytes_;
+    Geometry geo_;
+    EntryFormat fmt_;
+    OpenOptions opts_;
+    bool read_only_;
+    DiskStats stats_;
+
+    std::vector<uint64_t> l1_;
+    std::set<uint64_t> l1_dirty_;  ///< Indices of changed L1 table clusters.
+    MetadataCache l2_cache_;
+    std::unique_ptr<Refcounts> refcounts_;
+
+    std::unordered_map<ClusterIndex, std::shared_ptr<Notifier>> busy_;  ///< Clusters being reallocated.
+
+    bool header_on_disk_dirty_ = false;  ///< The on-disk header has the dirty bit set.
+    bool header_changed_ = false;        ///< Header fields differ from disk.
+    bool data_written_ = false;          ///< Data was written since the last sync.
+    uint64_t barrier_requested_ = 0;
+    uint64_t barrier_started_ = 0;
+    uint64_t barrier_done_ = 0;
+    bool barrier_running_ = false;
+    std::map<uint64_t, Error> barrier_errors_;
+    Notifier barrier_finished_;
+    bool closed_ = false;
+};
+
+
+}  // namespace qnbd::qcow2

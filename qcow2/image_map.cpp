@@ -1,0 +1,123 @@
+// Guest-to-host mapping: L1/L2 lookups and the plan of a guest range as segments.
+#include <cstdio>
+
+#include "qcow2/image.hpp"
+
+namespace qnbd::qcow2 {
+namespace {
+
+std::string hex(uint64_t v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
+    return buf;
+}
+
+/// Appends a piece to the segment list, merging it with the last one when they continue.
+void append(std::vector<Segment>& segs, GuestOffset g, uint64_t len, const Plan& p) {
+    if (!segs.empty()) {
+        Segment& last = segs.back();
+        if (last.guest + last.length == g && last.plan.index() == p.index()) {
+            if (std::holds_alternative<PlanUnallocated>(p) || std::holds_alternative<PlanZero>(p)) {
+                last.length += len;
+                return;
+            }
+            if (auto* d = std::get_if<PlanData>(&p);
+                d && std::get<PlanData>(last.plan).host + last.length == d->host) {
+                last.length += len;
+                return;
+            }
+        }
+    }
+    segs.push_back(Segment{g, len, p});
+}
+
+}  // namespace
+
+std::pair<uint64_t, uint64_t> Qcow2Image::l2_slot(const CacheRef& t, ClusterIndex c) const {
+    const uint64_t i = geo_.l2_index(c);
+    const std::byte* p = t->data.data() + i * geo_.l2_entry_size();
+    return {load_be64(p), geo_.extended_l2 ? load_be64(p + 8) : 0};
+}
+
+void Qcow2Image::set_l2_slot(const CacheRef& t, ClusterIndex c, uint64_t entry, uint64_t bitmap) {
+    const uint64_t i = geo_.l2_index(c);
+    std::byte* p = t->data.data() + i * geo_.l2_entry_size();
+    store_be64(p, entry);
+    if (geo_.extended_l2) store_be64(p + 8, bitmap);
+    l2_cache_.mark_dirty(t);
+}
+
+awaitable<Result<CacheRef>> Qcow2Image::l2_table(ClusterIndex c, bool allocate) {
+    const uint64_t l1i = geo_.l1_index(c);
+    if (l1i >= l1_.size()) {
+        if (allocate) co_return Error{EIO, "guest offset " + hex(geo_.start_of(c).value) + " is beyond the L1 table"};
+        co_return CacheRef{};
+    }
+    uint64_t entry = l1_[l1i];
+    if ((entry & kOffsetMask) == 0) {
+        if (!allocate) co_return CacheRef{};
+        bool fresh = false;
+        auto host = co_await refcounts_->allocate(1, fresh);
+        if (!host) co_return host.error();
+        if ((l1_[l1i] & kOffsetMask) != 0) {
+            // Another request created this table while we allocated: give ours back.
+            auto r = co_await refcounts_->adjust(geo_.host_cluster_of(*host), -1);
+            if (!r) co_return r.error();
+            co_return co_await l2_table(c, allocate);
+        }
+        CacheRef t = l2_cache_.create(*host);
+        l1_[l1i] = host->value | kOflagCopied;
+        l1_dirty_.insert(l1i * 8 / geo_.cluster_size());
+        co_return t;
+    }
+    if (allocate && !(entry & kOflagCopied))
+        co_return Error{EIO, "L2 table for guest offset " + hex(geo_.start_of(c).value) +
+                                 " is shared with a snapshot; writing it is not supported"};
+    co_return co_await l2_cache_.get(HostOffset{entry & kOffsetMask});
+}
+
+awaitable<Result<ClusterInfo>> Qcow2Image::lookup(ClusterIndex c) {
+    auto t = co_await l2_table(c, false);
+    if (!t) co_return t.error();
+    if (!*t) co_return ClusterInfo{};
+    auto [entry, bitmap] = l2_slot(*t, c);
+    co_return decode_l2(entry, bitmap, fmt_, c);
+}
+
+awaitable<Result<std::vector<Segment>>> Qcow2Image::map_range(GuestOffset off, uint64_t len) {
+    std::vector<Segment> segs;
+    const GuestOffset end = off + len;
+    CacheRef table;
+    uint64_t table_l1 = ~uint64_t{0};
+    for (GuestOffset pos = off; pos < end;) {
+        const ClusterIndex c = geo_.cluster_of(pos);
+        const uint64_t l1i = geo_.l1_index(c);
+        if (l1i != table_l1) {
+            auto t = co_await l2_table(c, false);
+            if (!t) co_return t.error();
+            table = std::move(*t);
+            table_l1 = l1i;
+        }
+        ClusterInfo ci;
+        if (table) {
+            auto [entry, bitmap] = l2_slot(table, c);
+            auto d = decode_l2(entry, bitmap, fmt_, c);
+            if (!d) co_return d.error();
+            ci = *d;
+        }
+        const GuestOffset cstart = geo_.start_of(c);
+        const uint64_t sc_size = geo_.subcluster_size();
+        const GuestOffset cend = std::min(end, cstart + geo_.cluster_size());
+        while (pos < cend) {
+            const uint32_t sc = static_cast<uint32_t>((pos - cstart) / sc_size);
+            const GuestOffset sc_end = std::min(cend, cstart + (sc + 1) * sc_size);
+            Plan p = plan_subcluster(ci, sc, fmt_, cstart);
+            if (auto* d = std::get_if<PlanData>(&p)) d->host += (pos - cstart) - sc * sc_size;
+            append(segs, pos, sc_end - pos, p);
+            pos = sc_end;
+        }
+    }
+    co_return segs;
+}
+
+}  // namespace qnbd::qcow2

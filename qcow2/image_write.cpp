@@ -1,0 +1,208 @@
+// Data writes: in place where the cluster is owned (COPIED), otherwise allocation with
+// copy-on-write of the rest of the (sub)cluster. The data is written before the new L2 entry
+// exists in memory; the L2 entry reaches the disk only at a barrier, after the refcounts.
+#include <cstring>
+
+#include "qcow2/image.hpp"
+
+namespace qnbd::qcow2 {
+namespace {
+
+/// Bitmask of the subclusters [first, last].
+uint32_t sc_mask(uint32_t first, uint32_t last) {
+    uint64_t m = ((uint64_t{1} << (last + 1)) - 1) & ~((uint64_t{1} << first) - 1);
+    return static_cast<uint32_t>(m);
+}
+
+}  // namespace
+
+awaitable<Result<void>> Qcow2Image::check_writable(GuestOffset off, uint64_t len) {
+    if (read_only_) co_return Error{EPERM, "the image is read-only"};
+    if (closed_) co_return Error{EIO, "the image is closed"};
+    if (off.value > header_.size || len > header_.size - off.value)
+        co_return Error{ENOSPC, "write beyond the end of the disk"};
+    co_return ok();
+}
+
+awaitable<void> Qcow2Image::lock_cluster(ClusterIndex c) {
+    for (;;) {
+        auto it = busy_.find(c);
+        if (it == busy_.end()) break;
+        auto n = it->second;
+        co_await n->wait();
+    }
+    busy_.emplace(c, std::make_shared<Notifier>());
+}
+
+void Qcow2Image::unlock_cluster(ClusterIndex c) {
+    auto it = busy_.find(c);
+    if (it == busy_.end()) return;
+    auto n = std::move(it->second);
+    busy_.erase(it);
+    n->notify_all();
+}
+
+/// True when [start, start+len) of the cluster can be written where it is, with no metadata change.
+static bool writable_in_place(const ClusterInfo& ci, const Geometry& geo, uint64_t start, uint64_t len) {
+    if (ci.kind != ClusterKind::Normal || !ci.copied) return false;
+    if (!geo.extended_l2) return true;
+    const uint32_t first = static_cast<uint32_t>(start / geo.subcluster_size());
+    const uint32_t last = static_cast<uint32_t>((start + len - 1) / geo.subcluster_size());
+    const uint32_t need = sc_mask(first, last);
+    return (ci.alloc_mask & need) == need;
+}
+
+awaitable<Result<void>> Qcow2Image::write(GuestOffset off, std::span<const std::byte> buf, WriteFlags flags) {
+    if (auto r = co_await check_writable(off, buf.size()); !r) co_return r;
+    if (buf.empty()) co_return ok();
+    JoinSet join(ex_);
+    io::File& data = data_file_ ? *data_file_ : *file_;
+    // Host-contiguous in-place pieces are merged into one write.
+    std::optional<std::pair<HostOffset, std::span<const std::byte>>> run;
+    auto flush_run = [&] {
+        if (run) join.spawn(data.write(run->first, run->second));
+        run.reset();
+    };
+    for (GuestOffset pos = off; pos < off + buf.size();) {
+        const ClusterIndex c = geo_.cluster_of(pos);
+        const uint64_t start = geo_.offset_in_cluster(pos);
+        const uint64_t n = std::min<uint64_t>(geo_.cluster_size() - start, off + buf.size() - pos);
+        auto piece = buf.subspan(pos - off, n);
+        pos += n;
+        ClusterInfo ci;
+        if (!busy_.count(c)) {
+            auto l = co_await lookup(c);
+            if (!l) co_return l.error();
+            ci = *l;
+        }
+        if (!busy_.count(c) && writable_in_place(ci, geo_, start, n)) {
+            HostOffset h = ci.host + start;
+            if (run && run->first + run->second.size() == h &&
+                run->second.data() + run->second.size() == piece.data())
+                run->second = std::span<const std::byte>(run->second.data(), run->second.size() + n);
+            else {
+                flush_run();
+                run.emplace(h, piece);
+            }
+            continue;
+        }
+        flush_run();
+        join.spawn(write_cluster(c, start, piece));
+    }
+    flush_run();
+    auto r = co_await join.wait();
+    data_written_ = true;
+    if (!r) co_return r;
+    co_return co_await after_write(flags.fua);
+}
+
+awaitable<Result<void>> Qcow2Image::write_cluster(ClusterIndex c, uint64_t start,
+                                                  std::span<const std::byte> data) {
+    co_await lock_cluster(c);
+    struct Unlock {
+        Qcow2Image* img;
+        ClusterIndex c;
+        ~Unlock() { img->unlock_cluster(c); }
+    } unlock{this, c};
+    auto l = co_await lookup(c);
+    if (!l) co_return l.error();
+    if (writable_in_place(*l, geo_, start, data.size())) {
+        io::File& f = data_file_ ? *data_file_ : *file_;
+        co_return co_await f.write(l->host + start, data);
+    }
+    co_return co_await write_allocating(c, *l, start, data);
+}
+
+awaitable<Result<HostOffset>> Qcow2Image::allocate_data_cluster(ClusterIndex c, bool& fresh) {
+    if (data_file_) {
+        // Data clusters of an external data file sit at their guest offset, unrefcounted.
+        fresh = false;
+        co_return HostOffset{geo_.start_of(c).value};
+    }
+    co_return co_await refcounts_->allocate(1, fresh);
+}
+
+void Qcow2Image::release_host(const ClusterInfo& ci) {
+    if (data_file_) return;
+    if (ci.kind == ClusterKind::Compressed)
+        refcounts_->defer_free(ci.host, ci.compressed_len);
+    else if (ci.has_host)
+        refcounts_->defer_free(ci.host, geo_.cluster_size());
+}
+
+/// True when the guest sees only zeros in the cluster (no read needed for copy-on-write).
+static bool reads_as_zero(const ClusterInfo& ci, bool has_backing, bool raw_data, const Geometry& geo) {
+    if (raw_data) return false;
+    switch (ci.kind) {
+        case ClusterKind::Zero: return true;
+        case ClusterKind::Unallocated:
+            return !has_backing || (geo.extended_l2 && ci.zero_mask == 0xffffffffu);
+        default: return false;
+    }
+}
+
+awaitable<Result<void>> Qcow2Image::write_allocating(ClusterIndex c, const ClusterInfo& ci, uint64_t start,
+                                                     std::span<const std::byte> data) {
+    const uint64_t cs = geo_.cluster_size();
+    const bool reuse = ci.has_host && ci.copied && ci.kind != ClusterKind::Compressed;
+    bool fresh = false;
+    HostOffset host = ci.host;
+    if (!reuse) {
+        auto h = co_await allocate_data_cluster(c, fresh);
+        if (!h) co_return h.error();
+        host = *h;
+    }
+    // The byte range of the cluster to write, and the subcluster bitmap afterwards.
+    uint64_t ws = 0, we = cs;
+    uint64_t bitmap = 0;
+    if (geo_.extended_l2) {
+        const uint64_t scs = geo_.subcluster_size();
+        const uint32_t first = static_cast<uint32_t>(start / scs);
+        const uint32_t last = static_cast<uint32_t>((start + data.size() - 1) / scs);
+        const uint32_t touched = sc_mask(first, last);
+        uint32_t alloc = ci.alloc_mask | touched, zero = ci.zero_mask & ~touched;
+        if (ci.kind == ClusterKind::Compressed) alloc = 0xffffffffu, zero = 0;
+        if (reuse || ci.kind == ClusterKind::Unallocated) ws = first * scs, we = (last + 1) * scs;
+        bitmap = (uint64_t{zero} << 32) | alloc;
+    }
+    const bool zero_fill = reads_as_zero(ci, backing_ != nullptr, fmt_.data_file_raw, geo_);
+    Result<void> wr;
+    io::File& f = data_file_ ? *data_file_ : *file_;
+    if (zero_fill && fresh) {
+        wr = co_await f.write(host + start, data);
+    } else {
+        Buffer buf(we - ws);
+        if (!zero_fill) {
+            auto segs = co_await map_range(geo_.start_of(c) + ws, we - ws);
+            if (!segs) wr = segs.error();
+            for (size_t i = 0; segs && wr && i < segs->size(); ++i) {
+                const Segment& s = (*segs)[i];
+                wr = co_await read_segment(s, buf.span().subspan(s.guest - (geo_.start_of(c) + ws), s.length));
+            }
+        }
+        if (wr) {
+            std::memcpy(buf.data() + (start - ws), data.data(), data.size());
+            wr = co_await f.write(host + ws, buf.span());
+        }
+    }
+    if (!wr) {
+        if (!reuse && !data_file_) (void)co_await refcounts_->adjust(geo_.host_cluster_of(host), -1);
+        co_return wr;
+    }
+    auto t = co_await l2_table(c, true);
+    if (!t) {
+        if (!reuse && !data_file_) (void)co_await refcounts_->adjust(geo_.host_cluster_of(host), -1);
+        co_return t.error();
+    }
+    set_l2_slot(*t, c, encode_normal(host), bitmap);
+    if (!reuse) release_host(ci);
+    maybe_background_flush();
+    co_return ok();
+}
+
+awaitable<Result<void>> Qcow2Image::after_write(bool fua) {
+    if (fua || opts_.writethrough) co_return co_await flush();
+    co_return ok();
+}
+
+}  // namespace qnbd::qcow2

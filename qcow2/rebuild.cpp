@@ -1,0 +1,59 @@
+// Refcount rebuild for an image left dirty by a crash: every cluster reachable from the header
+// is counted, and refcounts that differ (leaks above all) are corrected before any write.
+#include <cstdio>
+
+#include "qcow2/image.hpp"
+
+namespace qnbd::qcow2 {
+namespace {
+
+/// Reference counts computed from the metadata, indexed by host cluster.
+class RefCounter {
+public:
+    explicit RefCounter(const Geometry& geo) : geo_(geo) {}
+    /// Counts one reference to every cluster [off, off+len) touches.
+    void add(HostOffset off, uint64_t len) {
+        if (len == 0) return;
+        const uint64_t first = off.value >> geo_.cluster_bits;
+        const uint64_t last = (off.value + len - 1) >> geo_.cluster_bits;
+        if (last >= counts_.size()) counts_.resize(last + 1, 0);
+        for (uint64_t c = first; c <= last; ++c) ++counts_[c];
+    }
+    std::vector<uint64_t>& counts() { return counts_; }
+
+private:
+    Geometry geo_;
+    std::vector<uint64_t> counts_;
+};
+
+}  // namespace
+
+awaitable<Result<void>> Qcow2Image::rebuild_refcounts() {
+    const uint64_t cs = geo_.cluster_size();
+    RefCounter rc(geo_);
+    rc.add(HostOffset{0}, cs);
+    rc.add(header_.l1_table_offset, uint64_t{header_.l1_size} * 8);
+    rc.add(header_.refcount_table_offset, uint64_t{header_.refcount_table_clusters} * cs);
+    for (uint64_t b : refcounts_->table())
+        if (b) rc.add(HostOffset{b}, cs);
+    for (uint64_t l1i = 0; l1i < l1_.size(); ++l1i) {
+        const uint64_t l2off = l1_[l1i] & kOffsetMask;
+        if (!l2off) continue;
+        rc.add(HostOffset{l2off}, cs);
+        auto t = co_await l2_cache_.get(HostOffset{l2off});
+        if (!t) co_return t.error();
+        for (uint64_t i = 0; i < geo_.l2_entries(); ++i) {
+            const ClusterIndex c{l1i * geo_.l2_entries() + i};
+            auto [entry, bitmap] = l2_slot(*t, c);
+            auto d = decode_l2(entry, bitmap, fmt_, c);
+            if (!d) co_return d.error();
+            if (d->kind == ClusterKind::Compressed)
+                rc.add(d->host, d->compressed_len);
+            else if (d->has_host && !data_file_)
+                rc.add(d->host, cs);
+        }
+    }
+    co_return co_await refcounts_->reconcile(rc.counts());
+}
+
+}  // namespace qnbd::qcow2
