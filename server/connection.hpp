@@ -1,0 +1,86 @@
+// One client connection: the fixed-newstyle handshake, then the transmission phase where
+// requests are read continuously and served concurrently, replies written as each completes.
+#pragma once
+
+#include <boost/asio/any_io_executor.hpp>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "protocol/meta_context.hpp"
+#include "protocol/validate.hpp"
+#include "qcow2/async.hpp"
+#include "server/export.hpp"
+#include "server/transport.hpp"
+
+namespace qnbd::server {
+
+/// What the handshake settled.
+struct Negotiated {
+    std::shared_ptr<Export> exp;
+    bool structured = false;
+    nbd::MetaContextSet contexts;
+    uint16_t transmission_flags = 0;
+};
+
+/// Per-connection limits.
+struct ConnectionLimits {
+    unsigned handshake_timeout_s = 10;
+    size_t max_in_flight = 64;              ///< Requests served at once.
+    uint64_t max_in_flight_bytes = 256u << 20;  ///< Payload and read buffers held at once.
+    bool verbose = false;
+};
+
+/// An async mutex: writers of one socket take turns so replies never interleave.
+class AsyncMutex {
+public:
+    awaitable<void> lock() {
+        while (locked_) co_await released_.wait();
+        locked_ = true;
+    }
+    void unlock() {
+        locked_ = false;
+        released_.notify_all();
+    }
+
+private:
+    bool locked_ = false;
+    Notifier released_;
+};
+
+/// Runs one client from handshake to close.
+class Connection : public std::enable_shared_from_this<Connection> {
+public:
+    Connection(asio::any_io_executor ex, std::unique_ptr<Transport> t, const ExportRegistry& exports,
+               ConnectionLimits limits);
+    /// Handshake, then transmission; returns when the connection is closed.
+    awaitable<void> run();
+    /// Transmission only, for a socket already negotiated (the kernel client's).
+    awaitable<void> serve(Negotiated n);
+    const std::string& peer() const { return transport_->peer(); }
+    /// Closes the stream: the reader stops, in-flight requests finish, then run() returns.
+    void shutdown() { transport_->close(); }
+
+private:
+    friend class Negotiation;
+    friend class RequestHandler;
+    awaitable<std::optional<Negotiated>> negotiate();
+    awaitable<error_code> send(std::span<const asio::const_buffer> bufs);
+    awaitable<void> transmission(Negotiated n);
+    awaitable<bool> read_request(nbd::Session& s, bool& stop);
+    awaitable<void> handle(nbd::Request r, std::vector<std::byte> payload);
+    void finish_request(uint64_t bytes);
+
+    asio::any_io_executor ex_;
+    std::unique_ptr<Transport> transport_;
+    const ExportRegistry& exports_;
+    ConnectionLimits limits_;
+    AsyncMutex write_lock_;
+    std::optional<Negotiated> neg_;
+    size_t in_flight_ = 0;
+    uint64_t in_flight_bytes_ = 0;
+    Notifier request_done_;
+    bool broken_ = false;  ///< A reply could not be written: stop reading.
+};
+
+}  // namespace qnbd::server

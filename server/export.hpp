@@ -1,0 +1,43 @@
+// Exports: a named Disk with the features its connections offer. The registry maps names to
+// exports so one process can serve several; connections to one export share its Disk.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "protocol/handshake.hpp"
+#include "protocol/meta_context.hpp"
+#include "qcow2/disk.hpp"
+#include "server/config.hpp"
+
+namespace qnbd::server {
+
+/// One export and its policy.
+struct Export {
+    std::string name;
+    std::string description;
+    std::shared_ptr<Disk> disk;
+    DiscardMode discard = DiscardMode::Ignore;
+    DetectZeroes detect_zeroes = DetectZeroes::Off;
+    bool unsafe_flush = false;          ///< --cache=unsafe: FLUSH does not sync.
+    nbd::ExportFeatures features;
+    nbd::MetaContextSet contexts;       ///< Metadata contexts offered.
+};
+
+/// Exports served by this process, by name.
+class ExportRegistry {
+public:
+    void add(std::shared_ptr<Export> e) { exports_[e->name] = std::move(e); }
+    /// The export called `name`, or null.
+    std::shared_ptr<Export> find(const std::string& name) const {
+        auto it = exports_.find(name);
+        return it == exports_.end() ? nullptr : it->second;
+    }
+    const std::map<std::string, std::shared_ptr<Export>>& all() const { return exports_; }
+
+private:
+    std::map<std::string, std::shared_ptr<Export>> exports_;
+};
+
+}  // namespace qnbd::server

@@ -1,0 +1,206 @@
+// The fixed-newstyle handshake: greeting, client flags, then options until EXPORT_NAME or GO.
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/steady_timer.hpp>
+
+#include "protocol/handshake.hpp"
+#include "protocol/options.hpp"
+#include "server/connection.hpp"
+
+namespace qnbd::server {
+
+using namespace qnbd::nbd;
+
+/// State of one handshake.
+class Negotiation {
+public:
+    explicit Negotiation(Connection& c) : c_(c) {}
+
+    /// Runs the handshake; nullopt when the connection must close.
+    awaitable<std::optional<Negotiated>> run();
+
+private:
+    enum class Next { Continue, Close, Done };
+
+    awaitable<bool> send(const ByteVector& v) {
+        asio::const_buffer b(v.data(), v.size());
+        co_return !(co_await c_.send({&b, 1}));
+    }
+    awaitable<bool> reply_error(uint32_t option, uint32_t err, std::string_view msg) {
+        spdlog::debug("{}: option {} refused: {}", c_.peer(), option, msg);
+        co_return co_await send(encode_rep_error(option, err, msg));
+    }
+    awaitable<Next> option(const OptionHeader& h, Bytes payload);
+    awaitable<Next> export_name(Bytes payload);
+    awaitable<Next> info(uint32_t option, Bytes payload);
+    awaitable<Next> meta_context(uint32_t option, Bytes payload);
+    awaitable<Next> list(Bytes payload);
+    uint16_t flags_for(const Export& e) const { return transmission_flags(e.features, structured_); }
+
+    Connection& c_;
+    bool no_zeroes_ = false;
+    bool structured_ = false;
+    std::string context_export_;      ///< Export the selected contexts belong to.
+    MetaContextSet contexts_;
+    std::optional<Negotiated> result_;
+};
+
+awaitable<std::optional<Negotiated>> Negotiation::run() {
+    auto greeting = encode_greeting();
+    asio::const_buffer gb(greeting.data(), greeting.size());
+    if (co_await c_.send({&gb, 1})) co_return std::nullopt;
+    std::array<std::byte, kClientFlagsSize> cf;
+    if (co_await c_.transport_->read(cf)) co_return std::nullopt;
+    auto flags = decode_client_flags(cf);
+    if (!flags) {
+        spdlog::warn("{}: bad client flags: {}", c_.peer(), flags.error().message);
+        co_return std::nullopt;
+    }
+    no_zeroes_ = flags->no_zeroes;
+    for (;;) {
+        std::array<std::byte, kOptionHeaderSize> hb;
+        if (co_await c_.transport_->read(hb)) co_return std::nullopt;
+        auto h = decode_option_header(hb);
+        if (!h) {
+            spdlog::warn("{}: bad option header: {}", c_.peer(), h.error().message);
+            co_return std::nullopt;
+        }
+        auto plan = plan_option_payload(*h);
+        if (plan.action == PayloadAction::Disconnect) {
+            spdlog::warn("{}: option {} refused: {}", c_.peer(), h->option, plan.reason);
+            co_return std::nullopt;
+        }
+        std::vector<std::byte> payload(h->length);
+        if (h->length && co_await c_.transport_->read(payload)) co_return std::nullopt;
+        Next next = Next::Continue;
+        if (plan.action == PayloadAction::Discard) {
+            if (!co_await reply_error(h->option, plan.reply, plan.reason)) next = Next::Close;
+        } else {
+            next = co_await option(*h, payload);
+        }
+        if (next == Next::Close) co_return std::nullopt;
+        if (next == Next::Done) co_return result_;
+    }
+}
+
+awaitable<Negotiation::Next> Negotiation::option(const OptionHeader& h, Bytes payload) {
+    switch (h.option) {
+        case NBD_OPT_EXPORT_NAME:
+            co_return co_await export_name(payload);
+        case NBD_OPT_ABORT:
+            co_await send(encode_rep_ack(h.option));
+            co_return Next::Close;
+        case NBD_OPT_LIST:
+            co_return co_await list(payload);
+        case NBD_OPT_STARTTLS:
+            co_return co_await reply_error(h.option, NBD_REP_ERR_POLICY, "TLS is not configured on this server")
+                          ? Next::Continue : Next::Close;
+        case NBD_OPT_INFO:
+        case NBD_OPT_GO:
+            co_return co_await info(h.option, payload);
+        case NBD_OPT_STRUCTURED_REPLY: {
+            if (auto d = decode_empty(payload); !d)
+                co_return co_await reply_error(h.option, d.error().reply, d.error().message) ? Next::Continue
+                                                                                            : Next::Close;
+            structured_ = true;
+            co_return co_await send(encode_rep_ack(h.option)) ? Next::Continue : Next::Close;
+        }
+        case NBD_OPT_LIST_META_CONTEXT:
+        case NBD_OPT_SET_META_CONTEXT:
+            co_return co_await meta_context(h.option, payload);
+        default:
+            co_return co_await reply_error(h.option, NBD_REP_ERR_UNSUP, "unknown option") ? Next::Continue
+                                                                                         : Next::Close;
+    }
+}
+
+awaitable<Negotiation::Next> Negotiation::export_name(Bytes payload) {
+    auto d = decode_export_name(payload);
+    if (!d) {
+        spdlog::warn("{}: bad NBD_OPT_EXPORT_NAME: {}", c_.peer(), d.error().message);
+        co_return Next::Close;
+    }
+    auto e = c_.exports_.find(d->name);
+    if (!e) {
+        spdlog::warn("{}: client asked for unknown export '{}'", c_.peer(), d->name);
+        co_return Next::Close;
+    }
+    const uint16_t tf = flags_for(*e);
+    if (!co_await send(encode_export_name_reply(e->disk->size(), tf, no_zeroes_))) co_return Next::Close;
+    MetaContextSet ctx = context_export_ == d->name ? contexts_ : MetaContextSet{};
+    result_ = Negotiated{e, structured_, ctx, tf};
+    co_return Next::Done;
+}
+
+awaitable<Negotiation::Next> Negotiation::list(Bytes payload) {
+    if (auto d = decode_empty(payload); !d)
+        co_return co_await reply_error(NBD_OPT_LIST, d.error().reply, d.error().message) ? Next::Continue : Next::Close;
+    for (auto& [name, e] : c_.exports_.all())
+        if (!co_await send(encode_rep_server(NBD_OPT_LIST, name, e->description))) co_return Next::Close;
+    co_return co_await send(encode_rep_ack(NBD_OPT_LIST)) ? Next::Continue : Next::Close;
+}
+
+awaitable<Negotiation::Next> Negotiation::info(uint32_t option, Bytes payload) {
+    auto d = decode_info_request(payload);
+    if (!d) co_return co_await reply_error(option, d.error().reply, d.error().message) ? Next::Continue : Next::Close;
+    auto e = c_.exports_.find(d->name);
+    if (!e) {
+        std::string msg = "no export named '" + d->name + "'";
+        co_return co_await reply_error(option, NBD_REP_ERR_UNKNOWN, msg) ? Next::Continue : Next::Close;
+    }
+    const uint16_t tf = flags_for(*e);
+    std::vector<ByteVector> replies;
+    replies.push_back(encode_info_export(option, e->disk->size(), tf));
+    if (d->wants(NBD_INFO_NAME)) replies.push_back(encode_info_name(option, e->name));
+    if (d->wants(NBD_INFO_DESCRIPTION) && !e->description.empty())
+        replies.push_back(encode_info_description(option, e->description));
+    replies.push_back(encode_info_block_size(option, BlockSizes{}));
+    replies.push_back(encode_rep_ack(option));
+    for (auto& r : replies)
+        if (!co_await send(r)) co_return Next::Close;
+    if (option == NBD_OPT_INFO) co_return Next::Continue;
+    MetaContextSet ctx = context_export_ == d->name ? contexts_ : MetaContextSet{};
+    result_ = Negotiated{e, structured_, ctx, tf};
+    co_return Next::Done;
+}
+
+awaitable<Negotiation::Next> Negotiation::meta_context(uint32_t option, Bytes payload) {
+    auto d = decode_meta_context_request(payload);
+    if (!d) co_return co_await reply_error(option, d.error().reply, d.error().message) ? Next::Continue : Next::Close;
+    if (!structured_)
+        co_return co_await reply_error(option, NBD_REP_ERR_INVALID, "structured replies must be negotiated first")
+                      ? Next::Continue : Next::Close;
+    auto e = c_.exports_.find(d->name);
+    if (!e) {
+        std::string msg = "no export named '" + d->name + "'";
+        co_return co_await reply_error(option, NBD_REP_ERR_UNKNOWN, msg) ? Next::Continue : Next::Close;
+    }
+    const bool set = option == NBD_OPT_SET_META_CONTEXT;
+    MetaContextSet chosen = set ? match_set_queries(d->queries, e->contexts) : match_list_queries(d->queries, e->contexts);
+    for (MetaContext m : chosen.list())
+        if (!co_await send(encode_rep_meta_context(option, set ? context_id(m) : 0, context_name(m))))
+            co_return Next::Close;
+    if (set) {
+        contexts_ = chosen;
+        context_export_ = d->name;
+    }
+    co_return co_await send(encode_rep_ack(option)) ? Next::Continue : Next::Close;
+}
+
+awaitable<std::optional<Negotiated>> Connection::negotiate() {
+    asio::steady_timer timer(ex_, std::chrono::seconds(limits_.handshake_timeout_s));
+    bool timed_out = false;
+    timer.async_wait([this, &timed_out](error_code ec) {
+        if (ec) return;
+        timed_out = true;
+        transport_->close();
+    });
+    Negotiation n(*this);
+    auto r = co_await n.run();
+    timer.cancel();
+    if (timed_out) spdlog::warn("{}: handshake not finished within {} s; connection dropped", peer(),
+                                limits_.handshake_timeout_s);
+    co_return r;
+}
+
+}  // namespace qnbd::server

@@ -1,0 +1,38 @@
+// Serving one transmission request against the export's Disk and writing its reply.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "protocol/transmission.hpp"
+#include "server/connection.hpp"
+
+namespace qnbd::server {
+
+/// Handles one request of a connection.
+class RequestHandler {
+public:
+    RequestHandler(Connection& c, const nbd::Request& r) : c_(c), r_(r) {}
+    /// Serves the request and sends its reply.
+    awaitable<void> run(std::vector<std::byte> payload);
+    /// Sends an error reply (structured for READ and BLOCK_STATUS when negotiated).
+    awaitable<void> reply_error(uint32_t nbd_error, const std::string& message);
+
+private:
+    awaitable<void> read();
+    awaitable<Result<void>> write(std::vector<std::byte>& payload);
+    awaitable<Result<void>> write_zeroes();
+    awaitable<Result<void>> trim();
+    awaitable<Result<void>> flush();
+    awaitable<Result<void>> cache();
+    awaitable<void> block_status();
+    awaitable<void> reply_simple_ok();
+    awaitable<void> finish(const Result<void>& r);
+    Export& exp() { return *c_.neg_->exp; }
+    bool fua() const { return r_.flags & nbd::NBD_CMD_FLAG_FUA; }
+
+    Connection& c_;
+    nbd::Request r_;
+};
+
+}  // namespace qnbd::server

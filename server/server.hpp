@@ -1,0 +1,49 @@
+// The reactor side of qnbd: listening sockets, connection accounting (-e, -t), signals and a
+// clean shutdown that writes the image back before exiting.
+#pragma once
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <memory>
+#include <optional>
+#include <set>
+
+#include "qcow2/async.hpp"
+#include "server/config.hpp"
+#include "server/connection.hpp"
+#include "server/export.hpp"
+
+namespace qnbd::server {
+
+/// Accepts clients for the exports of a registry until told to stop.
+class Server {
+public:
+    Server(asio::io_context& io, const Config& cfg, ExportRegistry& exports);
+    /// Binds the listening socket(s); errors name the address.
+    Result<void> listen();
+    /// Serves until a signal, or until the last client leaves without -t.
+    awaitable<void> run();
+    /// Serves one already-connected, already-negotiated stream (the kernel client) until it ends.
+    awaitable<void> run_attached(std::unique_ptr<Transport> t, Negotiated n);
+
+private:
+    template <class Acceptor>
+    awaitable<void> accept_loop(Acceptor& acceptor);
+    awaitable<void> serve_client(std::unique_ptr<Transport> t);
+    void stop(bool drop_clients);
+    ConnectionLimits limits() const;
+
+    asio::io_context& io_;
+    const Config& cfg_;
+    ExportRegistry& exports_;
+    std::optional<asio::ip::tcp::acceptor> tcp_;
+    std::optional<asio::local::stream_protocol::acceptor> unix_;
+    size_t clients_ = 0;
+    bool had_client_ = false;
+    bool stopping_ = false;
+    Notifier changed_;
+    std::set<std::shared_ptr<Connection>> connections_;
+};
+
+}  // namespace qnbd::server

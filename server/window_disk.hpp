@@ -1,0 +1,13 @@
+// A Disk that exposes [offset, end) of another Disk (qemu-nbd -o).
+#pragma once
+
+#include <memory>
+
+#include "qcow2/disk.hpp"
+
+namespace qnbd::server {
+
+/// Wraps `inner` so that guest offset 0 is `offset` of `inner`.
+std::shared_ptr<Disk> make_window_disk(std::shared_ptr<Disk> inner, uint64_t offset);
+
+}  // namespace qnbd::server
