@@ -22,6 +22,16 @@ uint64_t refcount_budget(const Header& h, const OpenOptions& o) {
 
 }  // namespace
 
+IoGuard::IoGuard(Qcow2Image& img) : img_(img), epoch_(img.refcounts_->epoch()) { ++img_.io_by_epoch_[epoch_]; }
+
+IoGuard::~IoGuard() {
+    auto it = img_.io_by_epoch_.find(epoch_);
+    if (--it->second == 0) {
+        img_.io_by_epoch_.erase(it);
+        img_.io_done_.notify_all();
+    }
+}
+
 Qcow2Image::Qcow2Image(ImageParts p)
     : ex_(p.ex),
       file_(std::move(p.file)),

@@ -42,6 +42,21 @@ struct ImageParts {
     OpenOptions opts;
 };
 
+class Qcow2Image;
+
+/// Marks data I/O of one request as in flight for the duration of a scope.
+class IoGuard {
+public:
+    explicit IoGuard(Qcow2Image& img);
+    ~IoGuard();
+    IoGuard(const IoGuard&) = delete;
+    IoGuard& operator=(const IoGuard&) = delete;
+
+private:
+    Qcow2Image& img_;
+    uint64_t epoch_;
+};
+
 /// A qcow2 image opened for serving.
 class Qcow2Image final : public Disk {
 public:
@@ -125,6 +140,12 @@ private:
     std::unique_ptr<Refcounts> refcounts_;
 
     std::unordered_map<ClusterIndex, std::shared_ptr<Notifier>> busy_;  ///< Clusters being reallocated.
+
+    /// Data I/O in flight by the free epoch it started in. Frees of an epoch wait for it, so a
+    /// host cluster is never reused while a request that looked it up still uses it.
+    std::map<uint64_t, size_t> io_by_epoch_;
+    Notifier io_done_;
+    friend class IoGuard;
 
     bool header_on_disk_dirty_ = false;  ///< The on-disk header has the dirty bit set.
     bool header_changed_ = false;        ///< Header fields differ from disk.

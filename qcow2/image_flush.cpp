@@ -154,6 +154,7 @@ awaitable<Result<void>> Qcow2Image::barrier() {
     }
     if (auto r = co_await phase_sync(); !r) co_return fail(r);
     ++stats_.barriers;
+    while (!io_by_epoch_.empty() && io_by_epoch_.begin()->first <= cut) co_await io_done_.wait();
     auto freed = co_await refcounts_->apply_frees(cut);
     if (!freed) co_return freed.error();
     co_return ok();

@@ -11,6 +11,7 @@ awaitable<Result<void>> Qcow2Image::read(GuestOffset off, std::span<std::byte> b
     if (off.value > header_.size || buf.size() > header_.size - off.value)
         co_return Error{EINVAL, "read beyond the end of the disk"};
     if (buf.empty()) co_return ok();
+    IoGuard guard(*this);
     auto segs = co_await map_range(off, buf.size());
     if (!segs) co_return segs.error();
     std::optional<JoinSet> join;

@@ -55,6 +55,7 @@ static bool writable_in_place(const ClusterInfo& ci, const Geometry& geo, uint64
 awaitable<Result<void>> Qcow2Image::write(GuestOffset off, std::span<const std::byte> buf, WriteFlags flags) {
     if (auto r = co_await check_writable(off, buf.size()); !r) co_return r;
     if (buf.empty()) co_return ok();
+    std::optional<IoGuard> guard(std::in_place, *this);
     JoinSet join(ex_);
     io::File& data = data_file_ ? *data_file_ : *file_;
     // Host-contiguous in-place pieces are merged into one write.
@@ -92,6 +93,7 @@ awaitable<Result<void>> Qcow2Image::write(GuestOffset off, std::span<const std::
     flush_run();
     auto r = co_await join.wait();
     data_written_ = true;
+    guard.reset();  // A FUA flush waits for a barrier, which may wait for this guard.
     if (!r) co_return r;
     co_return co_await after_write(flags.fua);
 }

@@ -82,11 +82,13 @@ Result<void> check_writable(const Header& h) {
 }
 
 awaitable<Result<std::unique_ptr<Disk>>> open_backing(asio::any_io_executor ex, const std::string& path,
-                                                      const Header& h, Chain& chain) {
+                                                      const Header& h, const OpenOptions& opts, Chain& chain) {
     if (h.backing_file.empty()) co_return std::unique_ptr<Disk>{};
     if (chain.depth >= 64) co_return Error{EINVAL, "backing chain is deeper than 64 images"};
     OpenOptions bo;
     bo.read_only = true;
+    bo.direct = opts.direct;
+    bo.file_opener = opts.file_opener;
     bo.format = h.backing_format;
     if (!bo.format.empty() && bo.format != "qcow2" && bo.format != "raw")
         co_return Error{EINVAL, "backing file format '" + bo.format + "' is not supported (qcow2 or raw)"};
@@ -99,10 +101,11 @@ awaitable<Result<std::unique_ptr<Disk>>> open_backing(asio::any_io_executor ex, 
 }
 
 awaitable<Result<std::unique_ptr<io::File>>> open_data_file(asio::any_io_executor ex, const std::string& path,
-                                                            const Header& h, bool writable) {
+                                                            const Header& h, const OpenOptions& opts) {
+    const bool writable = !opts.read_only;
     if (!h.has_data_file()) co_return std::unique_ptr<io::File>{};
     if (h.data_file.empty()) co_return Error{EINVAL, "image has an external data file but no data file name"};
-    auto f = io::open_file(ex, resolve(path, h.data_file), io::OpenFlags{writable, false, false});
+    auto f = opts.file_opener(ex, resolve(path, h.data_file), io::OpenFlags{writable, false, opts.direct});
     if (!f) co_return Error{f.error().code, "cannot open data file: " + f.error().message};
     co_return std::move(*f);
 }
@@ -125,9 +128,9 @@ awaitable<Result<std::unique_ptr<Disk>>> open_qcow2(asio::any_io_executor ex, co
                              "refcount table");
         !r)
         co_return r.error();
-    auto data = co_await open_data_file(ex, path, *h, !opts.read_only);
+    auto data = co_await open_data_file(ex, path, *h, opts);
     if (!data) co_return data.error();
-    auto backing = co_await open_backing(ex, path, *h, chain);
+    auto backing = co_await open_backing(ex, path, *h, opts, chain);
     if (!backing) co_return backing.error();
     Buffer header_bytes(std::min<uint64_t>(h->cluster_size(), head.size()));
     std::memcpy(header_bytes.data(), head.data(), header_bytes.size());
@@ -144,7 +147,7 @@ awaitable<Result<std::unique_ptr<Disk>>> open_layer(asio::any_io_executor ex, st
     auto canon = fs::weakly_canonical(path, ec).string();
     if (!chain.seen.insert(ec ? path : canon).second)
         co_return Error{EINVAL, "backing chain loops back to " + path};
-    auto file = io::open_file(ex, path, io::OpenFlags{!opts.read_only, false, opts.direct});
+    auto file = opts.file_opener(ex, path, io::OpenFlags{!opts.read_only, false, opts.direct});
     if (!file) co_return file.error();
     auto size = (*file)->size();
     if (!size) co_return size.error();
@@ -165,6 +168,7 @@ awaitable<Result<std::unique_ptr<Disk>>> open_layer(asio::any_io_executor ex, st
 awaitable<Result<std::unique_ptr<Disk>>> open_disk(asio::any_io_executor ex, std::string path, OpenOptions opts) {
     if (!opts.format.empty() && opts.format != "qcow2" && opts.format != "raw")
         co_return Error{EINVAL, "unsupported format '" + opts.format + "' (qcow2 or raw)"};
+    if (!opts.file_opener) opts.file_opener = io::open_file;
     Chain chain;
     co_return co_await open_layer(ex, path, opts, chain);
 }

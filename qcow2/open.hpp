@@ -3,10 +3,12 @@
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
+#include <functional>
 #include <memory>
 #include <string>
 
 #include "qcow2/disk.hpp"
+#include "qcow2/io.hpp"
 #include "qcow2/result.hpp"
 
 namespace qnbd {
@@ -20,6 +22,10 @@ struct OpenOptions {
     bool direct = false;               ///< O_DIRECT on the image and data files (--cache=none).
     bool writethrough = false;         ///< Every write is durable before it completes.
     uint64_t metadata_cache_bytes = 0; ///< L2 + refcount cache budget; 0 picks the default.
+    /// Opens every file of the image (image, data file, backing files). Defaults to
+    /// io::open_file (io_uring); tests pass recording or fault-injecting files here.
+    std::function<Result<std::unique_ptr<io::File>>(asio::any_io_executor, const std::string&, io::OpenFlags)>
+        file_opener;
 };
 
 /// Opens `path` on executor `ex`. Validates everything before trusting it; a damaged image is

@@ -46,6 +46,8 @@ public:
     void defer_free(HostOffset off, uint64_t len);
     /// The epoch frees are registered in now; a barrier closes it.
     uint64_t close_epoch() { return epoch_++; }
+    /// The epoch currently open for frees.
+    uint64_t epoch() const { return epoch_; }
     /// Applies every deferred free registered in epochs <= `cut`. Returns freed cluster runs.
     awaitable<Result<std::vector<std::pair<HostOffset, uint64_t>>>> apply_frees(uint64_t cut);
 
