@@ -148,6 +148,9 @@ awaitable<int> serve(asio::io_context& io, const Config& cfg, int ready_fd) {
         spdlog::error("{}: closing the image failed: {}", cfg.image, r.error().message);
         rc = 1;
     }
+    const DiskStats st = (*disk)->stats();
+    spdlog::info("{}: {} flush requests, {} barriers, {} fdatasyncs, {} clusters allocated, {} metadata writes",
+                 cfg.image, st.flush_requests, st.barriers, st.syncs, st.clusters_allocated, st.metadata_writes);
     if (!cfg.pid_file.empty()) ::unlink(cfg.pid_file.c_str());
     co_return rc;
 }

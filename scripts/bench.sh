@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Benchmarks qnbd side by side with qemu-nbd (and raw-file servers as the limit), all driven by
+# fio's nbd engine, and prints one table with ratios, qnbd's CPU time and peak RSS.
+#
+#   scripts/bench.sh [--size 1G] [--runtime 10] [--dir /var/tmp/qnbd-bench] [--qnbd PATH]
+#                    [--only W1,W3,...] [--smoke]
+#
+# W1 1 MiB sequential reads, depth 1, over four seed images (seq, reverse, rand, part-rand)
+# W2 the same as writes
+# W3 16 jobs x 4 KiB random writes, fsync after each, fresh image
+# W4 4 KiB random reads, depth 32, fully allocated image
+# W5 4 KiB random writes, depth 32, no flushes, fresh image
+# W6 W3 and W4 at 1, 4, 16, 64 connections; W4 on a 1 TiB image with 64x--size allocated
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+size=1G runtime=10 dir=/var/tmp/qnbd-bench qnbd="" only="" smoke=0
+while [ $# -gt 0 ]; do
+  case $1 in
+    --size) size=$2; shift 2 ;;
+    --runtime) runtime=$2; shift 2 ;;
+    --dir) dir=$2; shift 2 ;;
+    --qnbd) qnbd=$2; shift 2 ;;
+    --only) only=$2; shift 2 ;;
+    --smoke) smoke=1; size=32M; runtime=1; shift ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+export PATH=/usr/bin:$PATH
+if [ -z "$qnbd" ]; then
+  scripts/install-deps.sh
+  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DQNBD_TESTS=OFF >/dev/null
+  cmake --build build --target qnbd >/dev/null
+  qnbd=$root/build/qnbd
+fi
+source "$root/scripts/bench/lib.bash"
+mkdir -p "$dir"
+bytes=$(to_bytes "$size")
+prepare_images
+[ "$smoke" = 1 ] && scales="1 4" || scales="1 4 16 64"
+
+want() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }
+if want W1; then for o in seq reverse rand part-rand; do
+  row "W1 read 1M qd1 $o" MB/s "$dir/t-$o.qcow2" "$dir/raw-full.img" \
+    --rw=read --bs=1M --iodepth=1 --size="$bytes"; done; fi
+if want W2; then for o in seq reverse rand part-rand; do
+  row "W2 write 1M qd1 $o" MB/s "$dir/t-$o.qcow2" "$dir/raw-full.img" \
+    --rw=write --bs=1M --iodepth=1 --size="$bytes"; done; fi
+if want W3; then
+  row "W3 randwrite 4k 16 jobs fsync=1" IOPS @fresh @rawfresh \
+    --rw=randwrite --bs=4k --iodepth=1 --numjobs=16 --fsync=1 --size="$bytes" --time_based --runtime="$runtime"
+fi
+if want W4; then
+  row "W4 randread 4k qd32" IOPS "$dir/full.qcow2" "$dir/raw-full.img" \
+    --rw=randread --bs=4k --iodepth=32 --size="$bytes" --time_based --runtime="$runtime"
+fi
+if want W5; then
+  row "W5 randwrite 4k qd32" IOPS @fresh @rawfresh \
+    --rw=randwrite --bs=4k --iodepth=32 --size="$bytes" --time_based --runtime="$runtime"
+fi
+if want W6; then
+  for n in $scales; do
+    row "W6 W3 at $n conns" IOPS @fresh @rawfresh \
+      --rw=randwrite --bs=4k --iodepth=1 --numjobs="$n" --fsync=1 --size="$bytes" --time_based --runtime="$runtime"
+  done
+  for n in $scales; do
+    row "W6 W4 at $n conns" IOPS "$dir/full.qcow2" "$dir/raw-full.img" \
+      --rw=randread --bs=4k --iodepth=$((32 / (n < 32 ? n : 32) > 0 ? 32 / (n < 32 ? n : 32) : 1)) \
+      --numjobs="$n" --size="$bytes" --time_based --runtime="$runtime"
+  done
+  row "W6 W4 1 TiB image" IOPS "$dir/huge.qcow2" "" \
+    --rw=randread --bs=4k --iodepth=32 --size="$((bytes * 64))" --time_based --runtime="$runtime"
+fi
+print_table

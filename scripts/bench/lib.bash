@@ -1,0 +1,146 @@
+# Helpers of scripts/bench.sh: images, servers, fio runs and the result table.
+# shellcheck shell=bash
+
+rows=()
+port=$((20000 + RANDOM % 20000))
+
+to_bytes() {
+  local s=$1 n=${1%[KkMmGgTt]}
+  case ${s: -1} in
+    K|k) echo $((n << 10)) ;; M|m) echo $((n << 20)) ;; G|g) echo $((n << 30)) ;; T|t) echo $((n << 40)) ;;
+    *) echo "$s" ;;
+  esac
+}
+
+# Seed images (written by qemu-io in four orders), a fully allocated image, a 1 TiB image with
+# 64 x size of preallocated metadata, and raw files for the raw-file servers.
+prepare_images() {
+  local o
+  for o in seq reverse rand part-rand; do
+    [ -f "$dir/t-$o.qcow2" ] && [ "$(qemu-img info --output=json "$dir/t-$o.qcow2" | python3 -c 'import json,sys;print(json.load(sys.stdin)["virtual-size"])')" = "$bytes" ] && continue
+    echo "creating $dir/t-$o.qcow2 ($size, $o order)" >&2
+    qemu-img create -q -f qcow2 "$dir/t-$o.qcow2" "$bytes"
+    python3 "$root/scripts/bench/gen-writes.py" "$o" "$bytes" | qemu-io "$dir/t-$o.qcow2" >/dev/null
+  done
+  if [ ! -f "$dir/full.qcow2" ] || [ "$(stat -c %s "$dir/raw-full.img" 2>/dev/null)" != "$bytes" ]; then
+    echo "creating fully allocated images" >&2
+    head -c "$bytes" /dev/urandom > "$dir/raw-full.img"
+    qemu-img convert -f raw -O qcow2 "$dir/raw-full.img" "$dir/full.qcow2"
+  fi
+  if [ ! -f "$dir/huge.qcow2" ]; then
+    qemu-img create -q -f qcow2 -o preallocation=metadata "$dir/huge.qcow2" "$((bytes * 64))"
+    qemu-img resize -q "$dir/huge.qcow2" 1T
+  fi
+}
+
+wait_port() {
+  local i
+  for i in $(seq 200); do
+    nbdinfo --size "nbd://127.0.0.1:$1" >/dev/null 2>&1 && return 0
+    kill -0 "$2" 2>/dev/null || return 1
+    sleep 0.05
+  done
+  return 1
+}
+
+# start_server KIND IMAGE: starts a server on a new port; sets srv_pid and srv_port.
+start_server() {
+  local kind=$1 image=$2
+  port=$((port + 1))
+  srv_port=$port
+  case $kind in
+    qnbd) "$qnbd" -t -e 0 --cache=none -p "$port" "$image" 2>"$dir/qnbd.log" & ;;
+    qemu-nbd) qemu-nbd -t -e 0 --cache=none --aio=native -f qcow2 -p "$port" "$image" 2>"$dir/qemu-nbd.log" & ;;
+    qemu-nbd-raw) qemu-nbd -t -e 0 --cache=none --aio=native -f raw -p "$port" "$image" 2>/dev/null & ;;
+    nbdkit) nbdkit -f -i 127.0.0.1 -p "$port" file "$image" cache=none 2>/dev/null & ;;
+  esac
+  srv_pid=$!
+  wait_port "$port" "$srv_pid" || { echo "$kind did not start" >&2; cat "$dir/qnbd.log" >&2 || true; exit 1; }
+}
+
+# stop_server: records CPU seconds and peak RSS (KiB) of the server, then stops it.
+stop_server() {
+  local tck
+  tck=$(getconf CLK_TCK)
+  srv_cpu=$(awk -v t="$tck" '{printf "%.2f", ($14 + $15) / t}' "/proc/$srv_pid/stat")
+  srv_rss=$(awk '/VmHWM/ {print $2}' "/proc/$srv_pid/status")
+  kill -TERM "$srv_pid"
+  wait "$srv_pid" 2>/dev/null || true
+}
+
+# run_fio UNIT ARGS...: prints "value bytes_moved" for the running server.
+run_fio() {
+  local unit=$1; shift
+  fio --name=bench --ioengine=nbd --uri="nbd://127.0.0.1:$srv_port" --group_reporting \
+      --output-format=json --output="$dir/fio.json" "$@" >/dev/null 2>"$dir/fio.err" || { cat "$dir/fio.err" >&2; echo "0 0"; return; }
+  python3 - "$dir/fio.json" "$unit" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))["jobs"][0]
+r, w = j["read"], j["write"]
+v = (r["bw_bytes"] + w["bw_bytes"]) / 1e6 if sys.argv[2] == "MB/s" else r["iops"] + w["iops"]
+print(f"{v:.0f} {r['io_bytes'] + w['io_bytes']}")
+PY
+}
+
+# image_for SPEC: a path to benchmark on (@fresh and @rawfresh make new empty images).
+image_for() {
+  case $1 in
+    @fresh) rm -f "$dir/fresh.qcow2"; qemu-img create -q -f qcow2 "$dir/fresh.qcow2" "$bytes"; echo "$dir/fresh.qcow2" ;;
+    @rawfresh) rm -f "$dir/fresh.img"; truncate -s "$bytes" "$dir/fresh.img"; echo "$dir/fresh.img" ;;
+    *) echo "$1" ;;
+  esac
+}
+
+drop_caches() { sync; [ -w /proc/sys/vm/drop_caches ] && echo 1 > /proc/sys/vm/drop_caches || true; }
+
+# measure KIND IMAGESPEC UNIT ARGS...: prints "value cpu_s_per_gib rss_kib check".
+measure() {
+  local kind=$1 spec=$2 unit=$3; shift 3
+  local img out value moved check=-
+  img=$(image_for "$spec")
+  drop_caches
+  start_server "$kind" "$img"
+  out=$(run_fio "$unit" "$@")
+  stop_server
+  value=${out% *} moved=${out#* }
+  if [[ $kind == qnbd* || $kind == qemu-nbd ]] && [[ $img == *.qcow2 ]] && [[ "$*" == *write* ]]; then
+    qemu-img check -q "$img" >/dev/null 2>&1 && check=clean || check=DIRTY
+  fi
+  python3 -c "import sys; m=int(sys.argv[2]); print(sys.argv[1], '%.2f' % (float(sys.argv[3]) / (m / 2**30)) if m else '-', sys.argv[4], sys.argv[5])" \
+    "$value" "$moved" "$srv_cpu" "$srv_rss" "$check"
+}
+
+# syncs per barrier from qnbd's closing statistics line.
+syncs_per_barrier() {
+  sed -n 's/.* \([0-9]*\) barriers, \([0-9]*\) fdatasyncs.*/\1 \2/p' "$dir/qnbd.log" | tail -1 |
+    awk '{ if ($1 > 0) printf "%.2f", $2 / $1; else printf "-" }'
+}
+
+# row NAME UNIT QCOW2IMAGE RAWIMAGE FIOARGS...: measures qnbd, qemu-nbd and the raw servers.
+row() {
+  local name=$1 unit=$2 qimg=$3 rimg=$4; shift 4
+  local q e r1=0 r2=0 raw=0 spb
+  echo "running $name" >&2
+  q=($(measure qnbd "$qimg" "$unit" "$@"))
+  spb=$(syncs_per_barrier)
+  e=($(measure qemu-nbd "$qimg" "$unit" "$@"))
+  if [ -n "$rimg" ]; then
+    r1=$(measure qemu-nbd-raw "$rimg" "$unit" "$@" | cut -d' ' -f1)
+    command -v nbdkit >/dev/null && r2=$(measure nbdkit "$rimg" "$unit" "$@" | cut -d' ' -f1)
+    raw=$((r1 > r2 ? r1 : r2))
+  fi
+  rows+=("$name|$unit|${q[0]}|${e[0]}|$raw|${q[1]}|${e[1]}|$((q[2] / 1024))|$spb|${q[3]}")
+}
+
+print_table() {
+  printf '\n%-34s %-5s %9s %9s %9s %8s %8s %9s %9s %7s %6s %6s\n' workload unit qnbd qemu-nbd raw \
+    q/qemu q/raw "cpu s/GiB" "qemu cpu" "rss MiB" "sync/b" check
+  local r
+  for r in "${rows[@]}"; do
+    IFS='|' read -r name unit q e raw qc ec rss spb check <<<"$r"
+    printf '%-34s %-5s %9s %9s %9s %8s %8s %9s %9s %7s %6s %6s\n' "$name" "$unit" "$q" "$e" "$raw" \
+      "$(ratio "$q" "$e")" "$(ratio "$q" "$raw")" "$qc" "$ec" "$rss" "$spb" "$check"
+  done
+}
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "-" }'; }
