@@ -52,8 +52,8 @@ Qcow2Image::Qcow2Image(ImageParts p)
     header_on_disk_dirty_ = header_.dirty();
 }
 
-awaitable<Result<std::unique_ptr<Qcow2Image>>> Qcow2Image::create(ImageParts parts) {
-    std::unique_ptr<Qcow2Image> img(new Qcow2Image(std::move(parts)));
+awaitable<Result<std::shared_ptr<Qcow2Image>>> Qcow2Image::create(ImageParts parts) {
+    std::shared_ptr<Qcow2Image> img(new Qcow2Image(std::move(parts)));
     if (img->read_only_) co_return img;
     Header& h = img->header_;
     // Bits this engine does not keep up to date are cleared before anything is written.

@@ -33,7 +33,7 @@ struct ImageParts {
     asio::any_io_executor ex;
     std::unique_ptr<io::File> file;
     std::unique_ptr<io::File> data_file;  ///< External data file, or null.
-    std::unique_ptr<Disk> backing;        ///< Backing image, or null.
+    std::shared_ptr<Disk> backing;        ///< Backing image, or null.
     Header header;
     Buffer header_bytes;  ///< The first header_length bytes as read.
     std::vector<uint64_t> l1;
@@ -58,11 +58,11 @@ private:
 };
 
 /// A qcow2 image opened for serving.
-class Qcow2Image final : public Disk {
+class Qcow2Image final : public Disk, public std::enable_shared_from_this<Qcow2Image> {
 public:
     /// Opens an image from its validated parts; for writable images whose dirty bit is set,
     /// rebuilds the refcounts before any write.
-    static awaitable<Result<std::unique_ptr<Qcow2Image>>> create(ImageParts parts);
+    static awaitable<Result<std::shared_ptr<Qcow2Image>>> create(ImageParts parts);
     ~Qcow2Image() override = default;
 
     uint64_t size() const override { return header_.size; }
@@ -118,6 +118,7 @@ private:
     std::vector<TableWrite> take_dirty_l1();
     awaitable<Result<void>> write_tables(const std::vector<TableWrite>& tables);
     void maybe_background_flush();
+    void start_barriers();
 
     // Refcount rebuild of a dirty image (rebuild.cpp).
     awaitable<Result<void>> rebuild_refcounts();
@@ -125,7 +126,7 @@ private:
     asio::any_io_executor ex_;
     std::unique_ptr<io::File> file_;
     std::unique_ptr<io::File> data_file_;
-    std::unique_ptr<Disk> backing_;
+    std::shared_ptr<Disk> backing_;
     Header header_;
     Buffer header_bytes_;
     Geometry geo_;

@@ -15,10 +15,7 @@ awaitable<Result<void>> Qcow2Image::flush() {
     if (read_only_) co_return ok();
     const uint64_t target = barrier_started_ + 1;
     barrier_requested_ = std::max(barrier_requested_, target);
-    if (!barrier_running_) {
-        barrier_running_ = true;
-        asio::co_spawn(ex_, run_barriers(), asio::detached);
-    }
+    if (!barrier_running_) start_barriers();
     while (barrier_done_ < target) co_await barrier_finished_.wait();
     if (auto it = barrier_errors_.find(target); it != barrier_errors_.end()) co_return it->second;
     co_return ok();
@@ -41,8 +38,13 @@ void Qcow2Image::maybe_background_flush() {
     if (barrier_running_ || closed_) return;
     if (l2_cache_.dirty_bytes() * 2 < l2_cache_.budget()) return;
     barrier_requested_ = std::max(barrier_requested_, barrier_started_ + 1);
+    start_barriers();
+}
+
+void Qcow2Image::start_barriers() {
     barrier_running_ = true;
-    asio::co_spawn(ex_, run_barriers(), asio::detached);
+    // The runner keeps the image alive until it has finished.
+    asio::co_spawn(ex_, run_barriers(), [self = shared_from_this()](std::exception_ptr, Result<void>) {});
 }
 
 awaitable<Result<void>> Qcow2Image::sync_all() {

@@ -98,8 +98,17 @@ awaitable<Result<std::vector<Segment>>> Qcow2Image::map_range(GuestOffset off, u
             table = std::move(*t);
             table_l1 = l1i;
         }
+        if (!table) {
+            // No L2 table: the whole rest of its range is unallocated in this layer.
+            const GuestOffset range_end =
+                std::min(end, GuestOffset{(l1i + 1) * geo_.l2_entries() << geo_.cluster_bits});
+            Plan p = fmt_.data_file_raw ? Plan{PlanData{HostOffset{pos.value}}} : Plan{PlanUnallocated{}};
+            append(segs, pos, range_end - pos, p);
+            pos = range_end;
+            continue;
+        }
         ClusterInfo ci;
-        if (table) {
+        {
             auto [entry, bitmap] = l2_slot(table, c);
             auto d = decode_l2(entry, bitmap, fmt_, c);
             if (!d) co_return d.error();

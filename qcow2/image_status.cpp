@@ -19,9 +19,9 @@ void push(std::vector<Extent>& out, Extent e) {
 
 awaitable<Result<std::vector<Extent>>> Qcow2Image::block_status(GuestOffset off, uint64_t len) {
     if (off.value >= header_.size) co_return Error{EINVAL, "block status beyond the end of the disk"};
-    // Answer at most one L2 table's worth (or 1 GiB) per call; callers ask again for the rest.
+    // Answer at most 16 L2 tables' worth (at least 1 GiB) per call; callers ask again for the rest.
     const uint64_t l2_span = geo_.l2_entries() * geo_.cluster_size();
-    const uint64_t limit = std::max<uint64_t>(l2_span - (off.value % l2_span), std::min<uint64_t>(l2_span, 1u << 30));
+    const uint64_t limit = std::max<uint64_t>(16 * l2_span, uint64_t{1} << 30);
     len = std::min({len, header_.size - off.value, limit});
     auto segs = co_await map_range(off, len);
     if (!segs) co_return segs.error();

@@ -66,7 +66,7 @@ struct Chain {
     int depth = 0;
 };
 
-awaitable<Result<std::unique_ptr<Disk>>> open_layer(asio::any_io_executor ex, std::string path, OpenOptions opts,
+awaitable<Result<std::shared_ptr<Disk>>> open_layer(asio::any_io_executor ex, std::string path, OpenOptions opts,
                                                     Chain& chain);
 
 /// Refuses images this engine must not write, with the reason.
@@ -81,9 +81,9 @@ Result<void> check_writable(const Header& h) {
     return ok();
 }
 
-awaitable<Result<std::unique_ptr<Disk>>> open_backing(asio::any_io_executor ex, const std::string& path,
+awaitable<Result<std::shared_ptr<Disk>>> open_backing(asio::any_io_executor ex, const std::string& path,
                                                       const Header& h, const OpenOptions& opts, Chain& chain) {
-    if (h.backing_file.empty()) co_return std::unique_ptr<Disk>{};
+    if (h.backing_file.empty()) co_return std::shared_ptr<Disk>{};
     if (chain.depth >= 64) co_return Error{EINVAL, "backing chain is deeper than 64 images"};
     OpenOptions bo;
     bo.read_only = true;
@@ -110,7 +110,7 @@ awaitable<Result<std::unique_ptr<io::File>>> open_data_file(asio::any_io_executo
     co_return std::move(*f);
 }
 
-awaitable<Result<std::unique_ptr<Disk>>> open_qcow2(asio::any_io_executor ex, const std::string& path,
+awaitable<Result<std::shared_ptr<Disk>>> open_qcow2(asio::any_io_executor ex, const std::string& path,
                                                     OpenOptions opts, std::unique_ptr<io::File> file,
                                                     Buffer head, uint64_t file_size, Chain& chain) {
     auto h = qcow2::parse_header(head.span(), file_size);
@@ -138,10 +138,10 @@ awaitable<Result<std::unique_ptr<Disk>>> open_qcow2(asio::any_io_executor ex, co
                             std::move(header_bytes), std::move(*l1), std::move(*rt), file_size, opts};
     auto img = co_await qcow2::Qcow2Image::create(std::move(parts));
     if (!img) co_return img.error();
-    co_return std::unique_ptr<Disk>(std::move(*img));
+    co_return std::shared_ptr<Disk>(*img);
 }
 
-awaitable<Result<std::unique_ptr<Disk>>> open_layer(asio::any_io_executor ex, std::string path, OpenOptions opts,
+awaitable<Result<std::shared_ptr<Disk>>> open_layer(asio::any_io_executor ex, std::string path, OpenOptions opts,
                                                     Chain& chain) {
     std::error_code ec;
     auto canon = fs::weakly_canonical(path, ec).string();
@@ -157,7 +157,7 @@ awaitable<Result<std::unique_ptr<Disk>>> open_layer(asio::any_io_executor ex, st
     if (opts.format == "raw" || (opts.format == "probe" && !magic))
         co_return make_raw_disk(ex, std::move(*file), opts.read_only);
     if (!magic)
-        co_return Error{EINVAL, "not a qcow2 image (no qcow2 magic); pass -f raw to serve it as a raw image"};
+        co_return Error{EINVAL, path + ": not a qcow2 image (no qcow2 magic); pass -f raw to serve it as a raw image"};
     auto r = co_await open_qcow2(ex, path, opts, std::move(*file), std::move(head), *size, chain);
     if (!r) co_return prefixed(path, r.error());
     co_return r;
@@ -165,7 +165,7 @@ awaitable<Result<std::unique_ptr<Disk>>> open_layer(asio::any_io_executor ex, st
 
 }  // namespace
 
-awaitable<Result<std::unique_ptr<Disk>>> open_disk(asio::any_io_executor ex, std::string path, OpenOptions opts) {
+awaitable<Result<std::shared_ptr<Disk>>> open_disk(asio::any_io_executor ex, std::string path, OpenOptions opts) {
     if (!opts.format.empty() && opts.format != "qcow2" && opts.format != "raw")
         co_return Error{EINVAL, "unsupported format '" + opts.format + "' (qcow2 or raw)"};
     if (!opts.file_opener) opts.file_opener = io::open_file;

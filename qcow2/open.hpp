@@ -30,7 +30,7 @@ struct OpenOptions {
 
 /// Opens `path` on executor `ex`. Validates everything before trusting it; a damaged image is
 /// refused (EINVAL, one line naming the problem) and never modified.
-awaitable<Result<std::unique_ptr<Disk>>> open_disk(asio::any_io_executor ex, std::string path,
+awaitable<Result<std::shared_ptr<Disk>>> open_disk(asio::any_io_executor ex, std::string path,
                                                    OpenOptions opts);
 
 }  // namespace qnbd

@@ -111,10 +111,10 @@ awaitable<Result<std::vector<Extent>>> RawDisk::block_status(GuestOffset off, ui
 
 }  // namespace
 
-Result<std::unique_ptr<Disk>> make_raw_disk(asio::any_io_executor, std::unique_ptr<io::File> file, bool read_only) {
+Result<std::shared_ptr<Disk>> make_raw_disk(asio::any_io_executor, std::unique_ptr<io::File> file, bool read_only) {
     auto size = file->size();
     if (!size) return size.error();
-    return std::unique_ptr<Disk>(new RawDisk(std::move(file), *size, read_only));
+    return std::shared_ptr<Disk>(std::make_shared<RawDisk>(std::move(file), *size, read_only));
 }
 
 }  // namespace qnbd

@@ -36,6 +36,7 @@ std::vector<BlockDescriptor> describe(const std::vector<Extent>& extents, MetaCo
 awaitable<void> RequestHandler::block_status() {
     Disk& d = *exp().disk;
     const bool one = r_.flags & NBD_CMD_FLAG_REQ_ONE;
+    if (r_.length == 0) co_return co_await reply_error(NBD_EINVAL, "block status of zero length");
     // Ask the disk until the range is covered (the disk may answer in pieces).
     std::vector<Extent> extents;
     uint64_t pos = r_.offset;

@@ -74,7 +74,7 @@ void add_server_options(CLI::App& app, Config& c, std::string& cache, std::strin
     app.add_option("--pid-file", c.pid_file, "write the server's process ID to this file");
     app.add_flag("--fork", c.fork, "go to the background once the server is listening");
     app.add_option("--l2-cache-size", cache_size, "metadata cache size (e.g. 64M; default covers 1 TiB)");
-    app.add_option("--handshake-timeout", c.handshake_timeout_s, "seconds a client may take to negotiate");
+    app.add_option("--handshake-timeout", c.handshake_timeout_s, "seconds a client may take to negotiate (0: no limit)");
 }
 
 Command finish_config(Config c, const std::string& cache, const std::string& discard,

@@ -120,7 +120,7 @@ awaitable<Result<void>> serve_kernel(asio::io_context& io, Server& server, std::
 awaitable<int> serve(asio::io_context& io, const Config& cfg, int ready_fd) {
     auto disk = co_await open_configured(io.get_executor(), cfg);
     if (!disk) {
-        spdlog::error("{}: {}", cfg.image, disk.error().message);
+        spdlog::error("{}", disk.error().message);
         co_return 1;
     }
     ExportRegistry exports;

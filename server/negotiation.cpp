@@ -189,16 +189,17 @@ awaitable<Negotiation::Next> Negotiation::meta_context(uint32_t option, Bytes pa
 
 awaitable<std::optional<Negotiated>> Connection::negotiate() {
     asio::steady_timer timer(ex_, std::chrono::seconds(limits_.handshake_timeout_s));
-    bool timed_out = false;
-    timer.async_wait([this, &timed_out](error_code ec) {
-        if (ec) return;
-        timed_out = true;
-        transport_->close();
-    });
+    auto timed_out = std::make_shared<bool>(false);
+    if (limits_.handshake_timeout_s)  // 0: no limit.
+        timer.async_wait([this, timed_out](error_code ec) {
+            if (ec) return;
+            *timed_out = true;
+            transport_->close();
+        });
     Negotiation n(*this);
     auto r = co_await n.run();
     timer.cancel();
-    if (timed_out) spdlog::warn("{}: handshake not finished within {} s; connection dropped", peer(),
+    if (*timed_out) spdlog::warn("{}: handshake not finished within {} s; connection dropped", peer(),
                                 limits_.handshake_timeout_s);
     co_return r;
 }

@@ -47,7 +47,8 @@ awaitable<void> RequestHandler::run(std::vector<std::byte> payload) {
 
 awaitable<void> RequestHandler::finish(const Result<void>& r) {
     if (r) co_return co_await reply_simple_ok();
-    spdlog::warn("{}: {} at offset {} length {} failed: {}", c_.peer(), command_name(r_.type), r_.offset, r_.length,
+    const bool expected = r.error().code == ENOTSUP && (r_.flags & NBD_CMD_FLAG_FAST_ZERO);
+    spdlog::log(expected ? spdlog::level::debug : spdlog::level::warn, "{}: {} at offset {} length {} failed: {}", c_.peer(), command_name(r_.type), r_.offset, r_.length,
                  r.error().message);
     co_await reply_error(nbd_error(r.error().code, r_), r.error().message);
 }

@@ -61,6 +61,14 @@ Result<void> Server::listen() {
 
 template <class Acceptor>
 awaitable<void> Server::accept_loop(Acceptor& acceptor) {
+    ++accept_loops_;
+    struct Done {
+        Server* s;
+        ~Done() {
+            --s->accept_loops_;
+            s->changed_.notify_all();
+        }
+    } done{this};
     while (!stopping_) {
         while (cfg_.shared && clients_ >= cfg_.shared && !stopping_) co_await changed_.wait();
         if (stopping_) break;
@@ -125,7 +133,7 @@ awaitable<void> Server::run() {
     });
     if (tcp_) asio::co_spawn(io_, accept_loop(*tcp_), asio::detached);
     if (unix_) asio::co_spawn(io_, accept_loop(*unix_), asio::detached);
-    while (!stopping_ || clients_ > 0) co_await changed_.wait();
+    while (!stopping_ || clients_ > 0 || accept_loops_ > 0) co_await changed_.wait();
     signals.cancel();
     if (!cfg_.socket_path.empty()) ::unlink(cfg_.socket_path.c_str());
 }

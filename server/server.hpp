@@ -42,6 +42,7 @@ private:
     size_t clients_ = 0;
     bool had_client_ = false;
     bool stopping_ = false;
+    size_t accept_loops_ = 0;  ///< Accept loops still running; run() waits for them.
     Notifier changed_;
     std::set<std::shared_ptr<Connection>> connections_;
 };
