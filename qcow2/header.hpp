@@ -137,7 +137,7 @@ uint64_t min_l1_entries(uint64_t size, const Geometry& g);
 /// Parses and validates the header extension area `bytes[start, end)` of the first cluster
 /// into h.extensions, backing_format, data_file and feature_names (h's fixed fields must
 /// already be set; `file_size` bounds the bitmap directory). Used by parse_header.
-Result<void> parse_header_extensions(std::span<const std::byte> bytes, uint64_t start,
-                                     uint64_t end, uint64_t file_size, Header& h);
+Result<void> parse_header_extensions(std::span<const std::byte> bytes, uint64_t start, uint64_t end,
+                                     uint64_t file_size, Header& h);
 
 }  // namespace qnbd::qcow2
