@@ -124,9 +124,9 @@ awaitable<Result<void>> Qcow2Image::barrier() {
     if (meta && !header_on_disk_dirty_ && header_.version >= 3) {
         header_.incompatible_features |= kIncompatDirty;
         if (auto r = co_await write_header(); !r) co_return fail(r);
-        header_on_disk_dirty_ = true;
         pending_sync = true;
         if (auto r = co_await phase_sync(); !r) co_return fail(r);
+        header_on_disk_dirty_ = true;  // Only once the sync made it durable.
     }
     if (!blocks.empty()) {
         if (auto r = co_await write_copies(blocks); !r) co_return fail(r);

@@ -29,7 +29,7 @@ enum class Fallocate {
 struct OpenFlags {
     bool writable = false;
     bool create = false;  ///< Create (or truncate) the file.
-    bool direct = false;  ///< O_DIRECT: buffers, offsets and lengths must be 4096-aligned.
+    bool direct = false;  ///< O_DIRECT; open_file wraps the file so any request still works.
 };
 
 /// Asynchronous random-access file: the four operations the engine needs, plus its size.

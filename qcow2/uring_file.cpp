@@ -13,6 +13,7 @@
 #include <cstring>
 #include <vector>
 
+#include "qcow2/aligned_file.hpp"
 #include "qcow2/buffer.hpp"
 #include "qcow2/io.hpp"
 
@@ -98,6 +99,9 @@ public:
             if (ec == asio::error::eof || (!ec && n == 0)) break;
             if (ec) co_return errno_error(ec.value(), "read from", path_);
             done += n;
+            // A short read of a regular file means end of file: reading on at an unaligned
+            // offset would fail under O_DIRECT if a concurrent write has grown the file.
+            if (n < total(rest)) break;
             consume(rest, n);
         }
         co_return done;
@@ -191,7 +195,9 @@ Result<std::unique_ptr<File>> open_file(asio::any_io_executor ex, const std::str
         ::close(fd);
         return Error{EINVAL, path + " is not a regular file or block device"};
     }
-    return std::unique_ptr<File>(new UringFile(ex, fd, path, flags.direct));
+    auto file = std::unique_ptr<File>(new UringFile(ex, fd, path, flags.direct));
+    if (flags.direct) return make_aligned_file(std::move(file), direct_io_alignment(fd));
+    return file;
 }
 
 }  // namespace qnbd::io
