@@ -26,12 +26,14 @@ using asio::awaitable;
 /// Wakes every coroutine waiting on it when notified. Waiters that arrive later wait for the
 /// next notification.
 class Notifier {
-public:
+  public:
     /// Waits until the next notify_all().
     awaitable<void> wait() {
         auto ex = co_await asio::this_coro::executor;
         co_await asio::async_initiate<decltype(asio::use_awaitable), void()>(
-            [this, ex](auto handler) { waiters_.push_back(Waiter{ex, std::move(handler)}); },
+            [this, ex](auto handler) {
+                waiters_.push_back(Waiter{ex, std::move(handler)});
+            },
             asio::use_awaitable);
     }
     /// Resumes every current waiter (through its executor, never inline).
@@ -43,7 +45,7 @@ public:
     }
     bool has_waiters() const { return !waiters_.empty(); }
 
-private:
+  private:
     struct Waiter {
         asio::any_io_executor ex;
         asio::any_completion_handler<void()> handler;
@@ -53,20 +55,19 @@ private:
 
 /// Runs sub-operations concurrently and waits for all of them; remembers the first error.
 class JoinSet {
-public:
+  public:
     explicit JoinSet(asio::any_io_executor ex) : state_(std::make_shared<State>()), ex_(ex) {}
 
     /// Starts `op` now; it runs concurrently with the caller.
     void spawn(awaitable<Result<void>> op) {
         ++state_->pending;
-        asio::co_spawn(ex_, std::move(op),
-                       [s = state_](std::exception_ptr e, Result<void> r) {
-                           if (e && !s->error)
-                               s->error = Error{EIO, "internal error in I/O sub-operation"};
-                           else if (!e && !r && !s->error)
-                               s->error = r.error();
-                           if (--s->pending == 0) s->done.notify_all();
-                       });
+        asio::co_spawn(ex_, std::move(op), [s = state_](std::exception_ptr e, Result<void> r) {
+            if (e && !s->error)
+                s->error = Error{EIO, "internal error in I/O sub-operation"};
+            else if (!e && !r && !s->error)
+                s->error = r.error();
+            if (--s->pending == 0) s->done.notify_all();
+        });
     }
     /// Waits for every spawned operation; returns the first error, if any.
     awaitable<Result<void>> wait() {
@@ -75,7 +76,7 @@ public:
         co_return ok();
     }
 
-private:
+  private:
     struct State {
         size_t pending = 0;
         std::optional<Error> error;

@@ -15,7 +15,7 @@ inline constexpr size_t kIoAlign = 4096;
 
 /// A heap buffer aligned to kIoAlign; move-only.
 class Buffer {
-public:
+  public:
     Buffer() = default;
     /// Allocates `size` bytes, zero-filled.
     explicit Buffer(size_t size) : size_(size) {
@@ -38,7 +38,7 @@ public:
         return b;
     }
 
-private:
+  private:
     struct Free {
         void operator()(std::byte* p) const { std::free(p); }
     };

@@ -16,6 +16,7 @@ Result<void> decompress_cluster(CompressionType type, std::span<const std::byte>
                                 std::span<std::byte> out);
 
 /// Compresses one cluster; returns an empty vector if the result would not be smaller.
-Result<std::vector<std::byte>> compress_cluster(CompressionType type, std::span<const std::byte> in);
+Result<std::vector<std::byte>> compress_cluster(CompressionType type,
+                                                std::span<const std::byte> in);
 
 }  // namespace qnbd::qcow2

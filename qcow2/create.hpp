@@ -11,16 +11,16 @@ namespace qnbd::qcow2 {
 
 /// Options of a new image, spelled like qemu-img's -o options.
 struct CreateOptions {
-    uint64_t size = 0;                ///< Virtual size in bytes.
-    uint64_t cluster_size = 65536;    ///< 512 B to 2 MiB, a power of two.
-    uint32_t refcount_bits = 16;      ///< 1, 2, 4, ..., 64.
-    bool compat_v2 = false;           ///< compat=0.10 (version 2).
+    uint64_t size = 0;              ///< Virtual size in bytes.
+    uint64_t cluster_size = 65536;  ///< 512 B to 2 MiB, a power of two.
+    uint32_t refcount_bits = 16;    ///< 1, 2, 4, ..., 64.
+    bool compat_v2 = false;         ///< compat=0.10 (version 2).
     bool lazy_refcounts = false;
     bool extended_l2 = false;
     CompressionType compression_type = CompressionType::Zlib;
     std::string backing_file;
-    std::string backing_format;       ///< "qcow2" or "raw"; empty to leave unset.
-    std::string data_file;            ///< External data file; created empty if missing.
+    std::string backing_format;  ///< "qcow2" or "raw"; empty to leave unset.
+    std::string data_file;       ///< External data file; created empty if missing.
     bool data_file_raw = false;
 };
 

@@ -46,19 +46,19 @@ struct ZeroFlags {
 
 /// Counters kept by the engine; read by benchmarks and tests.
 struct DiskStats {
-    uint64_t barriers = 0;           ///< Flush barriers completed.
-    uint64_t syncs = 0;              ///< fdatasync calls issued.
-    uint64_t flush_requests = 0;     ///< flush() calls (each joins a barrier).
-    uint64_t clusters_allocated = 0; ///< Host clusters allocated.
-    uint64_t clusters_freed = 0;     ///< Host clusters freed.
-    uint64_t metadata_writes = 0;    ///< L1/L2/refcount/header writes issued.
-    uint64_t cache_hits = 0;         ///< Metadata cache hits.
-    uint64_t cache_misses = 0;       ///< Metadata cache misses (reads from disk).
+    uint64_t barriers = 0;            ///< Flush barriers completed.
+    uint64_t syncs = 0;               ///< fdatasync calls issued.
+    uint64_t flush_requests = 0;      ///< flush() calls (each joins a barrier).
+    uint64_t clusters_allocated = 0;  ///< Host clusters allocated.
+    uint64_t clusters_freed = 0;      ///< Host clusters freed.
+    uint64_t metadata_writes = 0;     ///< L1/L2/refcount/header writes issued.
+    uint64_t cache_hits = 0;          ///< Metadata cache hits.
+    uint64_t cache_misses = 0;        ///< Metadata cache misses (reads from disk).
 };
 
 /// A virtual disk that serves concurrent asynchronous requests.
 class Disk {
-public:
+  public:
     virtual ~Disk() = default;
     /// Virtual size in bytes.
     virtual uint64_t size() const = 0;
@@ -74,7 +74,8 @@ public:
     virtual awaitable<Result<void>> write(GuestOffset off, std::span<const std::byte> buf,
                                           WriteFlags flags) = 0;
     /// Makes [off, off+len) read as zeros.
-    virtual awaitable<Result<void>> write_zeroes(GuestOffset off, uint64_t len, ZeroFlags flags) = 0;
+    virtual awaitable<Result<void>> write_zeroes(GuestOffset off, uint64_t len,
+                                                 ZeroFlags flags) = 0;
     /// Frees whole clusters in [off, off+len) where it can; contents become unspecified
     /// (qcow2 makes them read as zeros or as the backing file).
     virtual awaitable<Result<void>> discard(GuestOffset off, uint64_t len, WriteFlags flags) = 0;

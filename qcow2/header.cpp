@@ -2,6 +2,7 @@
 // in-place patching of the fixed fields, and parsing of the snapshot table. The extension area
 // and building new headers live in header_extensions.cpp.
 #include "qcow2/header.hpp"
+#include "qcow2/hex.hpp"
 
 #include <algorithm>
 #include <cinttypes>
@@ -28,12 +29,6 @@ constexpr uint64_t kMaxSnapshotTableBytes = uint64_t{64} << 20;
 
 Error invalid(std::string msg) {
     return Error{EINVAL, std::move(msg)};
-}
-
-std::string hex(uint64_t v) {
-    char buf[24];
-    std::snprintf(buf, sizeof buf, "0x%" PRIx64, v);
-    return buf;
 }
 
 std::string dec(uint64_t v) {

@@ -15,8 +15,8 @@ namespace qnbd::qcow2 {
 inline constexpr uint32_t kMagic = 0x514649fb;  ///< "QFI\xfb"
 inline constexpr uint32_t kMinClusterBits = 9;
 inline constexpr uint32_t kMaxClusterBits = 21;
-inline constexpr uint64_t kMaxL1Bytes = 32u << 20;        ///< qemu's QCOW_MAX_L1_SIZE.
-inline constexpr uint64_t kMaxRefTableBytes = 8u << 20;   ///< qemu's QCOW_MAX_REFTABLE_SIZE.
+inline constexpr uint64_t kMaxL1Bytes = 32u << 20;       ///< qemu's QCOW_MAX_L1_SIZE.
+inline constexpr uint64_t kMaxRefTableBytes = 8u << 20;  ///< qemu's QCOW_MAX_REFTABLE_SIZE.
 inline constexpr uint32_t kMaxBackingNameLen = 1023;
 
 /// Incompatible feature bits.

@@ -8,6 +8,7 @@
 
 #include "qcow2/buffer.hpp"
 #include "qcow2/header.hpp"
+#include "qcow2/hex.hpp"
 
 namespace qnbd::qcow2 {
 namespace {
@@ -27,12 +28,6 @@ constexpr uint64_t kSmallestClusterWithFeatureTable = 8192;
 
 Error invalid(std::string msg) {
     return Error{EINVAL, std::move(msg)};
-}
-
-std::string hex(uint64_t v) {
-    char buf[24];
-    std::snprintf(buf, sizeof buf, "0x%" PRIx64, v);
-    return buf;
 }
 
 std::string dec(uint64_t v) {

@@ -22,7 +22,9 @@ uint64_t refcount_budget(const Header& h, const OpenOptions& o) {
 
 }  // namespace
 
-IoGuard::IoGuard(Qcow2Image& img) : img_(img), epoch_(img.refcounts_->epoch()) { ++img_.io_by_epoch_[epoch_]; }
+IoGuard::IoGuard(Qcow2Image& img) : img_(img), epoch_(img.refcounts_->epoch()) {
+    ++img_.io_by_epoch_[epoch_];
+}
 
 IoGuard::~IoGuard() {
     auto it = img_.io_by_epoch_.find(epoch_);
@@ -40,15 +42,16 @@ Qcow2Image::Qcow2Image(ImageParts p)
       header_(std::move(p.header)),
       header_bytes_(std::move(p.header_bytes)),
       geo_(header_.geometry()),
-      fmt_{geo_, header_.version >= 3, header_.has_data_file(), header_.has_data_file() && header_.data_file_raw()},
+      fmt_{geo_, header_.version >= 3, header_.has_data_file(),
+           header_.has_data_file() && header_.data_file_raw()},
       opts_(p.opts),
       read_only_(p.opts.read_only),
       l1_(std::move(p.l1)),
       l2_cache_(*file_, geo_.cluster_size(), l2_budget(header_, p.opts), stats_) {
     refcounts_ = std::make_unique<Refcounts>(
         *file_, geo_, header_.refcount_order,
-        RefTableLocation{header_.refcount_table_offset, header_.refcount_table_clusters}, std::move(p.reftable),
-        refcount_budget(header_, p.opts), p.file_size, stats_);
+        RefTableLocation{header_.refcount_table_offset, header_.refcount_table_clusters},
+        std::move(p.reftable), refcount_budget(header_, p.opts), p.file_size, stats_);
     header_on_disk_dirty_ = header_.dirty();
 }
 
@@ -77,8 +80,8 @@ awaitable<Result<void>> Qcow2Image::close() {
         // Frees applied after a barrier dirty the refcounts again: repeat until quiet.
         for (int i = 0; i < 4 && result; ++i) {
             result = co_await flush();
-            if (!refcounts_->has_dirty() && !refcounts_->has_pending_frees() && !l2_cache_.has_dirty() &&
-                l1_dirty_.empty())
+            if (!refcounts_->has_dirty() && !refcounts_->has_pending_frees() &&
+                !l2_cache_.has_dirty() && l1_dirty_.empty())
                 break;
         }
         if (result && header_on_disk_dirty_) {

@@ -46,20 +46,20 @@ class Qcow2Image;
 
 /// Marks data I/O of one request as in flight for the duration of a scope.
 class IoGuard {
-public:
+  public:
     explicit IoGuard(Qcow2Image& img);
     ~IoGuard();
     IoGuard(const IoGuard&) = delete;
     IoGuard& operator=(const IoGuard&) = delete;
 
-private:
+  private:
     Qcow2Image& img_;
     uint64_t epoch_;
 };
 
 /// A qcow2 image opened for serving.
 class Qcow2Image final : public Disk, public std::enable_shared_from_this<Qcow2Image> {
-public:
+  public:
     /// Opens an image from its validated parts; for writable images whose dirty bit is set,
     /// rebuilds the refcounts before any write.
     static awaitable<Result<std::shared_ptr<Qcow2Image>>> create(ImageParts parts);
@@ -81,7 +81,7 @@ public:
 
     const Header& header() const { return header_; }
 
-private:
+  private:
     explicit Qcow2Image(ImageParts parts);
 
     // Mapping (image_map.cpp).
@@ -94,16 +94,25 @@ private:
     // Reading (image_read.cpp).
     awaitable<Result<void>> read_segment(Segment seg, std::span<std::byte> out);
     awaitable<Result<void>> read_backing(GuestOffset off, std::span<std::byte> out);
-    awaitable<Result<void>> read_compressed(PlanCompressed p, uint64_t in_cluster, std::span<std::byte> out);
+    awaitable<Result<void>> read_compressed(PlanCompressed p, uint64_t in_cluster,
+                                            std::span<std::byte> out);
 
     // Writing (image_write.cpp, image_cow.cpp).
     awaitable<Result<void>> check_writable(GuestOffset off, uint64_t len);
     awaitable<void> lock_cluster(ClusterIndex c);
     void unlock_cluster(ClusterIndex c);
-    awaitable<Result<void>> write_cluster(ClusterIndex c, uint64_t start, std::span<const std::byte> data);
+    /// Releases a cluster taken with lock_cluster() when the scope ends.
+    struct ClusterUnlock {
+        Qcow2Image* img;
+        ClusterIndex c;
+        ~ClusterUnlock() { img->unlock_cluster(c); }
+    };
+    awaitable<Result<void>> write_cluster(ClusterIndex c, uint64_t start,
+                                          std::span<const std::byte> data);
     awaitable<Result<void>> write_allocating(ClusterIndex c, const ClusterInfo& ci, uint64_t start,
                                              std::span<const std::byte> data);
-    awaitable<Result<void>> zero_cluster(ClusterIndex c, uint64_t start, uint64_t len, ZeroFlags flags);
+    awaitable<Result<void>> zero_cluster(ClusterIndex c, uint64_t start, uint64_t len,
+                                         ZeroFlags flags);
     awaitable<Result<void>> discard_cluster(ClusterIndex c);
     awaitable<Result<HostOffset>> allocate_data_cluster(ClusterIndex c, bool& fresh);
     void release_host(const ClusterInfo& ci);
@@ -140,7 +149,8 @@ private:
     MetadataCache l2_cache_;
     std::unique_ptr<Refcounts> refcounts_;
 
-    std::unordered_map<ClusterIndex, std::shared_ptr<Notifier>> busy_;  ///< Clusters being reallocated.
+    std::unordered_map<ClusterIndex, std::shared_ptr<Notifier>>
+        busy_;  ///< Clusters being reallocated.
 
     /// Data I/O in flight by the free epoch it started in. Frees of an epoch wait for it, so a
     /// host cluster is never reused while a request that looked it up still uses it.
@@ -159,6 +169,5 @@ private:
     Notifier barrier_finished_;
     bool closed_ = false;
 };
-
 
 }  // namespace qnbd::qcow2

@@ -44,7 +44,8 @@ void Qcow2Image::maybe_background_flush() {
 void Qcow2Image::start_barriers() {
     barrier_running_ = true;
     // The runner keeps the image alive until it has finished.
-    asio::co_spawn(ex_, run_barriers(), [self = shared_from_this()](std::exception_ptr, Result<void>) {});
+    asio::co_spawn(ex_, run_barriers(),
+                   [self = shared_from_this()](std::exception_ptr, Result<void>) {});
 }
 
 awaitable<Result<void>> Qcow2Image::sync_all() {
@@ -112,7 +113,8 @@ awaitable<Result<void>> Qcow2Image::barrier() {
         refcounts_->restore_dirty_table(table);
         if (relocation) refcounts_->restore_relocation(*relocation);
         l2_cache_.restore_dirty(l2);
-        for (auto& t : l1) l1_dirty_.insert((t.offset - header_.l1_table_offset) / geo_.cluster_size());
+        for (auto& t : l1)
+            l1_dirty_.insert((t.offset - header_.l1_table_offset) / geo_.cluster_size());
         data_written_ = data_written_ || data;
         return r;
     };

@@ -1,16 +1,11 @@
 // Guest-to-host mapping: L1/L2 lookups and the plan of a guest range as segments.
 #include <cstdio>
 
+#include "qcow2/hex.hpp"
 #include "qcow2/image.hpp"
 
 namespace qnbd::qcow2 {
 namespace {
-
-std::string hex(uint64_t v) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
-    return buf;
-}
 
 /// Appends a piece to the segment list, merging it with the last one when they continue.
 void append(std::vector<Segment>& segs, GuestOffset g, uint64_t len, const Plan& p) {
@@ -50,7 +45,9 @@ void Qcow2Image::set_l2_slot(const CacheRef& t, ClusterIndex c, uint64_t entry, 
 awaitable<Result<CacheRef>> Qcow2Image::l2_table(ClusterIndex c, bool allocate) {
     const uint64_t l1i = geo_.l1_index(c);
     if (l1i >= l1_.size()) {
-        if (allocate) co_return Error{EIO, "guest offset " + hex(geo_.start_of(c).value) + " is beyond the L1 table"};
+        if (allocate)
+            co_return Error{
+                EIO, "guest offset " + hex(geo_.start_of(c).value) + " is beyond the L1 table"};
         co_return CacheRef{};
     }
     uint64_t entry = l1_[l1i];
@@ -102,7 +99,8 @@ awaitable<Result<std::vector<Segment>>> Qcow2Image::map_range(GuestOffset off, u
             // No L2 table: the whole rest of its range is unallocated in this layer.
             const GuestOffset range_end =
                 std::min(end, GuestOffset{(l1i + 1) * geo_.l2_entries() << geo_.cluster_bits});
-            Plan p = fmt_.data_file_raw ? Plan{PlanData{HostOffset{pos.value}}} : Plan{PlanUnallocated{}};
+            Plan p = fmt_.data_file_raw ? Plan{PlanData{HostOffset{pos.value}}}
+                                        : Plan{PlanUnallocated{}};
             append(segs, pos, range_end - pos, p);
             pos = range_end;
             continue;

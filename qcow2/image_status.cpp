@@ -18,7 +18,8 @@ void push(std::vector<Extent>& out, Extent e) {
 }  // namespace
 
 awaitable<Result<std::vector<Extent>>> Qcow2Image::block_status(GuestOffset off, uint64_t len) {
-    if (off.value >= header_.size) co_return Error{EINVAL, "block status beyond the end of the disk"};
+    if (off.value >= header_.size)
+        co_return Error{EINVAL, "block status beyond the end of the disk"};
     // Answer at most 16 L2 tables' worth (at least 1 GiB) per call; callers ask again for the rest.
     const uint64_t l2_span = geo_.l2_entries() * geo_.cluster_size();
     const uint64_t limit = std::max<uint64_t>(16 * l2_span, uint64_t{1} << 30);
@@ -38,7 +39,8 @@ awaitable<Result<std::vector<Extent>>> Qcow2Image::block_status(GuestOffset off,
             uint64_t pos = s.guest.value;
             const uint64_t end = s.guest.value + s.length;
             while (pos < end && pos < bsize) {
-                auto sub = co_await backing_->block_status(GuestOffset{pos}, std::min(end, bsize) - pos);
+                auto sub =
+                    co_await backing_->block_status(GuestOffset{pos}, std::min(end, bsize) - pos);
                 if (!sub) co_return sub.error();
                 for (Extent e : *sub) {
                     e.depth = e.depth ? e.depth + 1 : 0;

@@ -43,7 +43,8 @@ void Qcow2Image::unlock_cluster(ClusterIndex c) {
 }
 
 /// True when [start, start+len) of the cluster can be written where it is, with no metadata change.
-static bool writable_in_place(const ClusterInfo& ci, const Geometry& geo, uint64_t start, uint64_t len) {
+static bool writable_in_place(const ClusterInfo& ci, const Geometry& geo, uint64_t start,
+                              uint64_t len) {
     if (ci.kind != ClusterKind::Normal || !ci.copied) return false;
     if (!geo.extended_l2) return true;
     const uint32_t first = static_cast<uint32_t>(start / geo.subcluster_size());
@@ -52,7 +53,8 @@ static bool writable_in_place(const ClusterInfo& ci, const Geometry& geo, uint64
     return (ci.alloc_mask & need) == need;
 }
 
-awaitable<Result<void>> Qcow2Image::write(GuestOffset off, std::span<const std::byte> buf, WriteFlags flags) {
+awaitable<Result<void>> Qcow2Image::write(GuestOffset off, std::span<const std::byte> buf,
+                                          WriteFlags flags) {
     if (auto r = co_await check_writable(off, buf.size()); !r) co_return r;
     if (buf.empty()) co_return ok();
     std::optional<IoGuard> guard(std::in_place, *this);
@@ -80,7 +82,8 @@ awaitable<Result<void>> Qcow2Image::write(GuestOffset off, std::span<const std::
             HostOffset h = ci.host + start;
             if (run && run->first + run->second.size() == h &&
                 run->second.data() + run->second.size() == piece.data())
-                run->second = std::span<const std::byte>(run->second.data(), run->second.size() + n);
+                run->second =
+                    std::span<const std::byte>(run->second.data(), run->second.size() + n);
             else {
                 flush_run();
                 run.emplace(h, piece);
@@ -101,11 +104,7 @@ awaitable<Result<void>> Qcow2Image::write(GuestOffset off, std::span<const std::
 awaitable<Result<void>> Qcow2Image::write_cluster(ClusterIndex c, uint64_t start,
                                                   std::span<const std::byte> data) {
     co_await lock_cluster(c);
-    struct Unlock {
-        Qcow2Image* img;
-        ClusterIndex c;
-        ~Unlock() { img->unlock_cluster(c); }
-    } unlock{this, c};
+    ClusterUnlock unlock{this, c};
     auto l = co_await lookup(c);
     if (!l) co_return l.error();
     if (writable_in_place(*l, geo_, start, data.size())) {
@@ -133,17 +132,21 @@ void Qcow2Image::release_host(const ClusterInfo& ci) {
 }
 
 /// True when the guest sees only zeros in the cluster (no read needed for copy-on-write).
-static bool reads_as_zero(const ClusterInfo& ci, bool has_backing, bool raw_data, const Geometry& geo) {
+static bool reads_as_zero(const ClusterInfo& ci, bool has_backing, bool raw_data,
+                          const Geometry& geo) {
     if (raw_data) return false;
     switch (ci.kind) {
-        case ClusterKind::Zero: return true;
+        case ClusterKind::Zero:
+            return true;
         case ClusterKind::Unallocated:
             return !has_backing || (geo.extended_l2 && ci.zero_mask == 0xffffffffu);
-        default: return false;
+        default:
+            return false;
     }
 }
 
-awaitable<Result<void>> Qcow2Image::write_allocating(ClusterIndex c, const ClusterInfo& ci, uint64_t start,
+awaitable<Result<void>> Qcow2Image::write_allocating(ClusterIndex c, const ClusterInfo& ci,
+                                                     uint64_t start,
                                                      std::span<const std::byte> data) {
     const uint64_t cs = geo_.cluster_size();
     const bool reuse = ci.has_host && ci.copied && ci.kind != ClusterKind::Compressed;
@@ -179,7 +182,8 @@ awaitable<Result<void>> Qcow2Image::write_allocating(ClusterIndex c, const Clust
             if (!segs) wr = segs.error();
             for (size_t i = 0; segs && wr && i < segs->size(); ++i) {
                 const Segment& s = (*segs)[i];
-                wr = co_await read_segment(s, buf.span().subspan(s.guest - (geo_.start_of(c) + ws), s.length));
+                wr = co_await read_segment(
+                    s, buf.span().subspan(s.guest - (geo_.start_of(c) + ws), s.length));
             }
         }
         if (wr) {
@@ -188,12 +192,14 @@ awaitable<Result<void>> Qcow2Image::write_allocating(ClusterIndex c, const Clust
         }
     }
     if (!wr) {
-        if (!reuse && !data_file_) (void)co_await refcounts_->adjust(geo_.host_cluster_of(host), -1);
+        if (!reuse && !data_file_)
+            (void)co_await refcounts_->adjust(geo_.host_cluster_of(host), -1);
         co_return wr;
     }
     auto t = co_await l2_table(c, true);
     if (!t) {
-        if (!reuse && !data_file_) (void)co_await refcounts_->adjust(geo_.host_cluster_of(host), -1);
+        if (!reuse && !data_file_)
+            (void)co_await refcounts_->adjust(geo_.host_cluster_of(host), -1);
         co_return t.error();
     }
     set_l2_slot(*t, c, encode_normal(host), bitmap);

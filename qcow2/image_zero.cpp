@@ -24,21 +24,19 @@ awaitable<Result<void>> Qcow2Image::write_zeroes(GuestOffset off, uint64_t len, 
     co_return co_await after_write(flags.fua);
 }
 
-awaitable<Result<void>> Qcow2Image::zero_cluster(ClusterIndex c, uint64_t start, uint64_t len, ZeroFlags flags) {
+awaitable<Result<void>> Qcow2Image::zero_cluster(ClusterIndex c, uint64_t start, uint64_t len,
+                                                 ZeroFlags flags) {
     const uint64_t cs = geo_.cluster_size(), scs = geo_.subcluster_size();
     co_await lock_cluster(c);
-    struct Unlock {
-        Qcow2Image* img;
-        ClusterIndex c;
-        ~Unlock() { img->unlock_cluster(c); }
-    } unlock{this, c};
+    ClusterUnlock unlock{this, c};
     auto l = co_await lookup(c);
     if (!l) co_return l.error();
     const ClusterInfo ci = *l;
     const bool whole = start == 0 && len == cs;
     const bool sc_aligned = geo_.extended_l2 && start % scs == 0 && len % scs == 0;
     const bool compressed = ci.kind == ClusterKind::Compressed;
-    const bool meta_only = (whole && (header_.version >= 3 || geo_.extended_l2)) || (sc_aligned && !compressed);
+    const bool meta_only =
+        (whole && (header_.version >= 3 || geo_.extended_l2)) || (sc_aligned && !compressed);
     if (meta_only && !fmt_.data_file_raw) {
         auto t = co_await l2_table(c, true);
         if (!t) co_return t.error();
@@ -49,7 +47,8 @@ awaitable<Result<void>> Qcow2Image::zero_cluster(ClusterIndex c, uint64_t start,
             const uint32_t count = static_cast<uint32_t>(len / scs);
             const uint32_t m = static_cast<uint32_t>(((uint64_t{1} << count) - 1) << first);
             uint32_t alloc = ci.alloc_mask & ~m, zero = ci.zero_mask | m;
-            if (alloc != 0 || !unmap) entry = ci.has_host ? (ci.host.value | (ci.copied ? kOflagCopied : 0)) : 0;
+            if (alloc != 0 || !unmap)
+                entry = ci.has_host ? (ci.host.value | (ci.copied ? kOflagCopied : 0)) : 0;
             set_l2_slot(*t, c, entry, (uint64_t{zero} << 32) | alloc);
         } else {
             set_l2_slot(*t, c, entry | kOflagZero, 0);
@@ -67,8 +66,8 @@ awaitable<Result<void>> Qcow2Image::zero_cluster(ClusterIndex c, uint64_t start,
         co_return ok();
     }
     // Written as data. Pieces that already read as zeros need nothing.
-    if (ci.kind == ClusterKind::Zero || (ci.kind == ClusterKind::Unallocated && !backing_ && !fmt_.data_file_raw &&
-                                         !geo_.extended_l2))
+    if (ci.kind == ClusterKind::Zero || (ci.kind == ClusterKind::Unallocated && !backing_ &&
+                                         !fmt_.data_file_raw && !geo_.extended_l2))
         co_return ok();
     if (flags.fast_only) co_return Error{ENOTSUP, "zeroing this range would write data"};
     Buffer zeros(len);
@@ -97,11 +96,7 @@ awaitable<Result<void>> Qcow2Image::discard(GuestOffset off, uint64_t len, Write
 
 awaitable<Result<void>> Qcow2Image::discard_cluster(ClusterIndex c) {
     co_await lock_cluster(c);
-    struct Unlock {
-        Qcow2Image* img;
-        ClusterIndex c;
-        ~Unlock() { img->unlock_cluster(c); }
-    } unlock{this, c};
+    ClusterUnlock unlock{this, c};
     auto t = co_await l2_table(c, false);
     if (!t) co_return t.error();
     if (!*t) co_return ok();  // Nothing allocated in this L2 range.
@@ -112,8 +107,10 @@ awaitable<Result<void>> Qcow2Image::discard_cluster(ClusterIndex c) {
     // With a backing file the cluster must not fall through to it: it becomes zero instead.
     uint64_t new_entry = 0, new_bitmap = 0;
     if (backing_ && header_.version >= 3) {
-        if (geo_.extended_l2) new_bitmap = uint64_t{0xffffffffu} << 32;
-        else new_entry = kOflagZero;
+        if (geo_.extended_l2)
+            new_bitmap = uint64_t{0xffffffffu} << 32;
+        else
+            new_entry = kOflagZero;
     }
     if (entry == new_entry && bitmap == new_bitmap) co_return ok();
     set_l2_slot(*t, c, new_entry, new_bitmap);

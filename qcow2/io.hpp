@@ -34,7 +34,7 @@ struct OpenFlags {
 
 /// Asynchronous random-access file: the four operations the engine needs, plus its size.
 class File {
-public:
+  public:
     virtual ~File() = default;
     /// Reads into the scatter list at `off`; returns bytes read, short only at end of file.
     virtual awaitable<Result<size_t>> readv(HostOffset off, std::span<const iovec> iov) = 0;

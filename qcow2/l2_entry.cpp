@@ -1,15 +1,10 @@
 #include "qcow2/l2_entry.hpp"
+#include "qcow2/hex.hpp"
 
 #include <cstdio>
 
 namespace qnbd::qcow2 {
 namespace {
-
-std::string hex(uint64_t v) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
-    return buf;
-}
 
 Error corrupt(ClusterIndex c, const EntryFormat& f, const std::string& what) {
     return Error{EIO, "image is corrupt: L2 entry for guest offset " +
@@ -34,7 +29,8 @@ Result<ClusterInfo> decode_compressed(uint64_t entry, uint64_t bitmap, const Ent
 
 }  // namespace
 
-Result<ClusterInfo> decode_l2(uint64_t entry, uint64_t bitmap, const EntryFormat& f, ClusterIndex c) {
+Result<ClusterInfo> decode_l2(uint64_t entry, uint64_t bitmap, const EntryFormat& f,
+                              ClusterIndex c) {
     if (entry & kOflagCompressed) return decode_compressed(entry, bitmap, f, c);
     if (entry & kL2Reserved) return corrupt(c, f, "has reserved bits set (" + hex(entry) + ")");
     ClusterInfo ci;
@@ -71,7 +67,8 @@ Plan plan_subcluster(const ClusterInfo& ci, uint32_t sc, const EntryFormat& f, G
         case ClusterKind::Zero:
             return PlanZero{};
         case ClusterKind::Normal:
-            if (!f.geo.extended_l2 || (ci.alloc_mask >> sc) & 1) return PlanData{ci.host + sc * sc_size};
+            if (!f.geo.extended_l2 || (ci.alloc_mask >> sc) & 1)
+                return PlanData{ci.host + sc * sc_size};
             if ((ci.zero_mask >> sc) & 1) return PlanZero{};
             break;
         case ClusterKind::Unallocated:

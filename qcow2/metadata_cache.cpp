@@ -74,8 +74,9 @@ std::vector<DirtyCopy> MetadataCache::take_dirty() {
         e->dirty = false;
     }
     dirty_count_ = 0;
-    std::sort(out.begin(), out.end(),
-              [](const DirtyCopy& a, const DirtyCopy& b) { return a.entry->offset < b.entry->offset; });
+    std::sort(out.begin(), out.end(), [](const DirtyCopy& a, const DirtyCopy& b) {
+        return a.entry->offset < b.entry->offset;
+    });
     return out;
 }
 

@@ -37,7 +37,7 @@ struct DirtyCopy {
 
 /// Cache of whole metadata clusters read from one file.
 class MetadataCache {
-public:
+  public:
     /// `budget` is the byte size above which clean entries are evicted (least recently used).
     MetadataCache(io::File& file, uint64_t cluster_size, uint64_t budget, DiskStats& stats)
         : file_(file), cluster_size_(cluster_size), budget_(budget), stats_(stats) {}
@@ -59,7 +59,7 @@ public:
     bool has_dirty() const { return dirty_count_ > 0; }
     uint64_t budget() const { return budget_; }
 
-private:
+  private:
     void touch(CacheEntry& e) { e.last_use = ++clock_; }
     void evict();
 

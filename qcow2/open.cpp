@@ -1,5 +1,6 @@
 // open_disk: format detection, validation, backing chains and external data files.
 #include "qcow2/open.hpp"
+#include "qcow2/hex.hpp"
 
 #include <cstdio>
 #include <filesystem>
@@ -15,13 +16,9 @@ namespace {
 namespace fs = std::filesystem;
 using qcow2::Header;
 
-std::string hex(uint64_t v) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
-    return buf;
+Error prefixed(const std::string& path, const Error& e) {
+    return Error{e.code, path + ": " + e.message};
 }
-
-Error prefixed(const std::string& path, const Error& e) { return Error{e.code, path + ": " + e.message}; }
 
 /// A backing or data file name resolved against the directory of the image naming it.
 std::string resolve(const std::string& image, const std::string& name) {
@@ -42,21 +39,22 @@ awaitable<Result<std::vector<uint64_t>>> read_table(io::File& f, HostOffset off,
 }
 
 /// Checks that every entry of an L1 or refcount table is well formed and points inside the file.
-Result<void> check_table(const std::vector<uint64_t>& t, uint64_t reserved, uint64_t mask, const Header& h,
-                         uint64_t file_size, const char* what) {
+Result<void> check_table(const std::vector<uint64_t>& t, uint64_t reserved, uint64_t mask,
+                         const Header& h, uint64_t file_size, const char* what) {
     for (size_t i = 0; i < t.size(); ++i) {
         if (t[i] & reserved)
-            return Error{EINVAL, std::string(what) + " entry " + std::to_string(i) + " has reserved bits set (" +
-                                     hex(t[i]) + ")"};
+            return Error{EINVAL, std::string(what) + " entry " + std::to_string(i) +
+                                     " has reserved bits set (" + hex(t[i]) + ")"};
         const uint64_t off = t[i] & mask;
         if (off & (h.cluster_size() - 1))
-            return Error{EINVAL, std::string(what) + " entry " + std::to_string(i) + " offset " + hex(off) +
-                                     " is not cluster-aligned"};
+            return Error{EINVAL, std::string(what) + " entry " + std::to_string(i) + " offset " +
+                                     hex(off) + " is not cluster-aligned"};
         if (off && off + h.cluster_size() > h.geometry().round_up(file_size))
-            return Error{EINVAL, std::string(what) + " entry " + std::to_string(i) + " offset " + hex(off) +
-                                     " is beyond the end of the file"};
+            return Error{EINVAL, std::string(what) + " entry " + std::to_string(i) + " offset " +
+                                     hex(off) + " is beyond the end of the file"};
         if (off == 0 && (t[i] & ~mask & ~reserved) && mask == qcow2::kOffsetMask)
-            return Error{EINVAL, std::string(what) + " entry " + std::to_string(i) + " has flags but no offset"};
+            return Error{EINVAL, std::string(what) + " entry " + std::to_string(i) +
+                                     " has flags but no offset"};
     }
     return ok();
 }
@@ -66,23 +64,28 @@ struct Chain {
     int depth = 0;
 };
 
-awaitable<Result<std::shared_ptr<Disk>>> open_layer(asio::any_io_executor ex, std::string path, OpenOptions opts,
-                                                    Chain& chain);
+awaitable<Result<std::shared_ptr<Disk>>> open_layer(asio::any_io_executor ex, std::string path,
+                                                    OpenOptions opts, Chain& chain);
 
 /// Refuses images this engine must not write, with the reason.
 Result<void> check_writable(const Header& h) {
     if (h.corrupt())
-        return Error{EINVAL, "image is marked corrupt; repair it with 'qemu-img check -r all' or open it read-only"};
+        return Error{
+            EINVAL,
+            "image is marked corrupt; repair it with 'qemu-img check -r all' or open it read-only"};
     if (h.nb_snapshots)
-        return Error{EINVAL, "image has internal snapshots; qnbd serves such images read-only (use -r)"};
+        return Error{EINVAL,
+                     "image has internal snapshots; qnbd serves such images read-only (use -r)"};
     if (h.dirty() && h.has_bitmaps_extension())
-        return Error{EINVAL, "image was not closed cleanly and has persistent bitmaps; repair it with "
-                             "'qemu-img check -r all' or open it read-only"};
+        return Error{EINVAL,
+                     "image was not closed cleanly and has persistent bitmaps; repair it with "
+                     "'qemu-img check -r all' or open it read-only"};
     return ok();
 }
 
-awaitable<Result<std::shared_ptr<Disk>>> open_backing(asio::any_io_executor ex, const std::string& path,
-                                                      const Header& h, const OpenOptions& opts, Chain& chain) {
+awaitable<Result<std::shared_ptr<Disk>>> open_backing(asio::any_io_executor ex,
+                                                      const std::string& path, const Header& h,
+                                                      const OpenOptions& opts, Chain& chain) {
     if (h.backing_file.empty()) co_return std::shared_ptr<Disk>{};
     if (chain.depth >= 64) co_return Error{EINVAL, "backing chain is deeper than 64 images"};
     OpenOptions bo;
@@ -91,7 +94,8 @@ awaitable<Result<std::shared_ptr<Disk>>> open_backing(asio::any_io_executor ex, 
     bo.file_opener = opts.file_opener;
     bo.format = h.backing_format;
     if (!bo.format.empty() && bo.format != "qcow2" && bo.format != "raw")
-        co_return Error{EINVAL, "backing file format '" + bo.format + "' is not supported (qcow2 or raw)"};
+        co_return Error{EINVAL,
+                        "backing file format '" + bo.format + "' is not supported (qcow2 or raw)"};
     if (bo.format.empty()) bo.format = "probe";
     ++chain.depth;
     auto b = co_await open_layer(ex, resolve(path, h.backing_file), bo, chain);
@@ -100,32 +104,39 @@ awaitable<Result<std::shared_ptr<Disk>>> open_backing(asio::any_io_executor ex, 
     co_return std::move(*b);
 }
 
-awaitable<Result<std::unique_ptr<io::File>>> open_data_file(asio::any_io_executor ex, const std::string& path,
-                                                            const Header& h, const OpenOptions& opts) {
+awaitable<Result<std::unique_ptr<io::File>>> open_data_file(asio::any_io_executor ex,
+                                                            const std::string& path,
+                                                            const Header& h,
+                                                            const OpenOptions& opts) {
     const bool writable = !opts.read_only;
     if (!h.has_data_file()) co_return std::unique_ptr<io::File>{};
-    if (h.data_file.empty()) co_return Error{EINVAL, "image has an external data file but no data file name"};
-    auto f = opts.file_opener(ex, resolve(path, h.data_file), io::OpenFlags{writable, false, opts.direct});
+    if (h.data_file.empty())
+        co_return Error{EINVAL, "image has an external data file but no data file name"};
+    auto f = opts.file_opener(ex, resolve(path, h.data_file),
+                              io::OpenFlags{writable, false, opts.direct});
     if (!f) co_return Error{f.error().code, "cannot open data file: " + f.error().message};
     co_return std::move(*f);
 }
 
-awaitable<Result<std::shared_ptr<Disk>>> open_qcow2(asio::any_io_executor ex, const std::string& path,
-                                                    OpenOptions opts, std::unique_ptr<io::File> file,
-                                                    Buffer head, uint64_t file_size, Chain& chain) {
+awaitable<Result<std::shared_ptr<Disk>>> open_qcow2(asio::any_io_executor ex,
+                                                    const std::string& path, OpenOptions opts,
+                                                    std::unique_ptr<io::File> file, Buffer head,
+                                                    uint64_t file_size, Chain& chain) {
     auto h = qcow2::parse_header(head.span(), file_size);
     if (!h) co_return h.error();
     if (!opts.read_only)
         if (auto r = check_writable(*h); !r) co_return r.error();
     auto l1 = co_await read_table(*file, h->l1_table_offset, h->l1_size);
     if (!l1) co_return l1.error();
-    if (auto r = check_table(*l1, qcow2::kL1Reserved, qcow2::kOffsetMask, *h, file_size, "L1 table"); !r)
+    if (auto r =
+            check_table(*l1, qcow2::kL1Reserved, qcow2::kOffsetMask, *h, file_size, "L1 table");
+        !r)
         co_return r.error();
     const uint64_t rt_entries = uint64_t{h->refcount_table_clusters} * h->cluster_size() / 8;
     auto rt = co_await read_table(*file, h->refcount_table_offset, rt_entries);
     if (!rt) co_return rt.error();
-    if (auto r = check_table(*rt, qcow2::kRefTableReserved, ~qcow2::kRefTableReserved, *h, file_size,
-                             "refcount table");
+    if (auto r = check_table(*rt, qcow2::kRefTableReserved, ~qcow2::kRefTableReserved, *h,
+                             file_size, "refcount table");
         !r)
         co_return r.error();
     auto data = co_await open_data_file(ex, path, *h, opts);
@@ -134,15 +145,23 @@ awaitable<Result<std::shared_ptr<Disk>>> open_qcow2(asio::any_io_executor ex, co
     if (!backing) co_return backing.error();
     Buffer header_bytes(std::min<uint64_t>(h->cluster_size(), head.size()));
     std::memcpy(header_bytes.data(), head.data(), header_bytes.size());
-    qcow2::ImageParts parts{ex,  std::move(file), std::move(*data), std::move(*backing), std::move(*h),
-                            std::move(header_bytes), std::move(*l1), std::move(*rt), file_size, opts};
+    qcow2::ImageParts parts{ex,
+                            std::move(file),
+                            std::move(*data),
+                            std::move(*backing),
+                            std::move(*h),
+                            std::move(header_bytes),
+                            std::move(*l1),
+                            std::move(*rt),
+                            file_size,
+                            opts};
     auto img = co_await qcow2::Qcow2Image::create(std::move(parts));
     if (!img) co_return img.error();
     co_return std::shared_ptr<Disk>(*img);
 }
 
-awaitable<Result<std::shared_ptr<Disk>>> open_layer(asio::any_io_executor ex, std::string path, OpenOptions opts,
-                                                    Chain& chain) {
+awaitable<Result<std::shared_ptr<Disk>>> open_layer(asio::any_io_executor ex, std::string path,
+                                                    OpenOptions opts, Chain& chain) {
     std::error_code ec;
     auto canon = fs::weakly_canonical(path, ec).string();
     if (!chain.seen.insert(ec ? path : canon).second)
@@ -152,12 +171,15 @@ awaitable<Result<std::shared_ptr<Disk>>> open_layer(asio::any_io_executor ex, st
     auto size = (*file)->size();
     if (!size) co_return size.error();
     Buffer head(std::min<uint64_t>(*size, 2u << 20));
-    if (auto r = co_await (*file)->read_zero_padded(HostOffset{0}, head.span()); !r) co_return r.error();
+    if (auto r = co_await (*file)->read_zero_padded(HostOffset{0}, head.span()); !r)
+        co_return r.error();
     const bool magic = head.size() >= 4 && load_be32(head.data()) == qcow2::kMagic;
     if (opts.format == "raw" || (opts.format == "probe" && !magic))
         co_return make_raw_disk(ex, std::move(*file), opts.read_only);
     if (!magic)
-        co_return Error{EINVAL, path + ": not a qcow2 image (no qcow2 magic); pass -f raw to serve it as a raw image"};
+        co_return Error{
+            EINVAL,
+            path + ": not a qcow2 image (no qcow2 magic); pass -f raw to serve it as a raw image"};
     auto r = co_await open_qcow2(ex, path, opts, std::move(*file), std::move(head), *size, chain);
     if (!r) co_return prefixed(path, r.error());
     co_return r;
@@ -165,7 +187,8 @@ awaitable<Result<std::shared_ptr<Disk>>> open_layer(asio::any_io_executor ex, st
 
 }  // namespace
 
-awaitable<Result<std::shared_ptr<Disk>>> open_disk(asio::any_io_executor ex, std::string path, OpenOptions opts) {
+awaitable<Result<std::shared_ptr<Disk>>> open_disk(asio::any_io_executor ex, std::string path,
+                                                   OpenOptions opts) {
     if (!opts.format.empty() && opts.format != "qcow2" && opts.format != "raw")
         co_return Error{EINVAL, "unsupported format '" + opts.format + "' (qcow2 or raw)"};
     if (!opts.file_opener) opts.file_opener = io::open_file;

@@ -19,12 +19,13 @@ struct OpenOptions {
     /// "qcow2", "raw", or empty: empty requires the qcow2 magic (a raw file is refused unless
     /// "raw" is asked for, so a guest can never make qnbd reinterpret its disk).
     std::string format;
-    bool direct = false;               ///< O_DIRECT on the image and data files (--cache=none).
-    bool writethrough = false;         ///< Every write is durable before it completes.
-    uint64_t metadata_cache_bytes = 0; ///< L2 + refcount cache budget; 0 picks the default.
+    bool direct = false;                ///< O_DIRECT on the image and data files (--cache=none).
+    bool writethrough = false;          ///< Every write is durable before it completes.
+    uint64_t metadata_cache_bytes = 0;  ///< L2 + refcount cache budget; 0 picks the default.
     /// Opens every file of the image (image, data file, backing files). Defaults to
     /// io::open_file (io_uring); tests pass recording or fault-injecting files here.
-    std::function<Result<std::unique_ptr<io::File>>(asio::any_io_executor, const std::string&, io::OpenFlags)>
+    std::function<Result<std::unique_ptr<io::File>>(asio::any_io_executor, const std::string&,
+                                                    io::OpenFlags)>
         file_opener;
 };
 

@@ -1,7 +1,7 @@
 #include "qcow2/raw_disk.hpp"
 
-#include <unistd.h>
 #include <fcntl.h>
+#include <unistd.h>
 
 #include <cstring>
 
@@ -11,7 +11,7 @@ namespace qnbd {
 namespace {
 
 class RawDisk final : public Disk {
-public:
+  public:
     RawDisk(std::unique_ptr<io::File> file, uint64_t size, bool read_only)
         : file_(std::move(file)), size_(size), read_only_(read_only) {}
 
@@ -19,12 +19,15 @@ public:
     bool read_only() const override { return read_only_; }
     std::string format_name() const override { return "raw"; }
 
-    awaitable<Result<void>> read(GuestOffset off, std::span<std::byte> buf, std::vector<ZeroRun>*) override {
-        if (off.value > size_ || buf.size() > size_ - off.value) co_return Error{EINVAL, "read beyond the end of the disk"};
+    awaitable<Result<void>> read(GuestOffset off, std::span<std::byte> buf,
+                                 std::vector<ZeroRun>*) override {
+        if (off.value > size_ || buf.size() > size_ - off.value)
+            co_return Error{EINVAL, "read beyond the end of the disk"};
         co_return co_await file_->read_zero_padded(HostOffset{off.value}, buf);
     }
 
-    awaitable<Result<void>> write(GuestOffset off, std::span<const std::byte> buf, WriteFlags flags) override {
+    awaitable<Result<void>> write(GuestOffset off, std::span<const std::byte> buf,
+                                  WriteFlags flags) override {
         if (auto r = check(off, buf.size()); !r) co_return r;
         if (auto r = co_await file_->write(HostOffset{off.value}, buf); !r) co_return r;
         co_return co_await done(flags.fua);
@@ -34,7 +37,8 @@ public:
         if (auto r = check(off, len); !r) co_return r;
         auto mode = flags.may_unmap ? io::Fallocate::PunchHole : io::Fallocate::ZeroRange;
         auto r = co_await file_->fallocate(mode, HostOffset{off.value}, len);
-        if (!r && flags.may_unmap) r = co_await file_->fallocate(io::Fallocate::ZeroRange, HostOffset{off.value}, len);
+        if (!r && flags.may_unmap)
+            r = co_await file_->fallocate(io::Fallocate::ZeroRange, HostOffset{off.value}, len);
         if (!r) {
             if (flags.fast_only) co_return Error{ENOTSUP, "the file system cannot zero quickly"};
             for (uint64_t done_bytes = 0; done_bytes < len;) {
@@ -67,10 +71,11 @@ public:
 
     DiskStats stats() const override { return {}; }
 
-private:
+  private:
     Result<void> check(GuestOffset off, uint64_t len) const {
         if (read_only_) return Error{EPERM, "the image is read-only"};
-        if (off.value > size_ || len > size_ - off.value) return Error{ENOSPC, "write beyond the end of the disk"};
+        if (off.value > size_ || len > size_ - off.value)
+            return Error{ENOSPC, "write beyond the end of the disk"};
         return ok();
     }
     awaitable<Result<void>> done(bool fua) {
@@ -111,7 +116,8 @@ awaitable<Result<std::vector<Extent>>> RawDisk::block_status(GuestOffset off, ui
 
 }  // namespace
 
-Result<std::shared_ptr<Disk>> make_raw_disk(asio::any_io_executor, std::unique_ptr<io::File> file, bool read_only) {
+Result<std::shared_ptr<Disk>> make_raw_disk(asio::any_io_executor, std::unique_ptr<io::File> file,
+                                            bool read_only) {
     auto size = file->size();
     if (!size) return size.error();
     return std::shared_ptr<Disk>(std::make_shared<RawDisk>(std::move(file), *size, read_only));

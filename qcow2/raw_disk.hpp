@@ -9,7 +9,7 @@
 namespace qnbd {
 
 /// Opens a raw file as a Disk of its current size.
-Result<std::shared_ptr<Disk>> make_raw_disk(asio::any_io_executor ex, std::unique_ptr<io::File> file,
-                                            bool read_only);
+Result<std::shared_ptr<Disk>> make_raw_disk(asio::any_io_executor ex,
+                                            std::unique_ptr<io::File> file, bool read_only);
 
 }  // namespace qnbd

@@ -9,7 +9,7 @@ namespace {
 
 /// Reference counts computed from the metadata, indexed by host cluster.
 class RefCounter {
-public:
+  public:
     explicit RefCounter(const Geometry& geo) : geo_(geo) {}
     /// Counts one reference to every cluster [off, off+len) touches.
     void add(HostOffset off, uint64_t len) {
@@ -21,7 +21,7 @@ public:
     }
     std::vector<uint64_t>& counts() { return counts_; }
 
-private:
+  private:
     Geometry geo_;
     std::vector<uint64_t> counts_;
 };

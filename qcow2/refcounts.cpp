@@ -1,18 +1,11 @@
 #include "qcow2/refcounts.hpp"
+#include "qcow2/hex.hpp"
 
 #include <algorithm>
 #include <cstdio>
 
 namespace qnbd::qcow2 {
-namespace {
-
-std::string hex(uint64_t v) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
-    return buf;
-}
-
-}  // namespace
+namespace {}  // namespace
 
 Refcounts::Refcounts(io::File& file, Geometry geo, uint32_t order, RefTableLocation loc,
                      std::vector<uint64_t> table, uint64_t cache_budget, uint64_t file_size,
@@ -165,7 +158,10 @@ awaitable<Result<HostOffset>> Refcounts::allocate(uint64_t n, bool& fresh) {
     alloc_busy_ = true;
     struct Release {
         Refcounts* r;
-        ~Release() { r->alloc_busy_ = false; r->alloc_done_.notify_all(); }
+        ~Release() {
+            r->alloc_busy_ = false;
+            r->alloc_done_.notify_all();
+        }
     } release{this};
     for (;;) {
         auto found = co_await find_free_run(n);
@@ -196,7 +192,8 @@ void Refcounts::defer_free(HostOffset off, uint64_t len) {
     if (len) pending_.push_back(PendingFree{epoch_, off, len});
 }
 
-awaitable<Result<std::vector<std::pair<HostOffset, uint64_t>>>> Refcounts::apply_frees(uint64_t cut) {
+awaitable<Result<std::vector<std::pair<HostOffset, uint64_t>>>> Refcounts::apply_frees(
+    uint64_t cut) {
     std::vector<PendingFree> now;
     std::erase_if(pending_, [&](const PendingFree& p) {
         if (p.epoch > cut) return false;
@@ -254,7 +251,8 @@ awaitable<Result<void>> Refcounts::reconcile(const std::vector<uint64_t>& counts
     const uint64_t covered = table_.size() * per_block_;
     for (uint64_t c = covered; c < counts.size(); ++c)
         if (counts[c])
-            co_return Error{EINVAL, "image is corrupt: host cluster at " + hex(c << geo_.cluster_bits) +
+            co_return Error{EINVAL, "image is corrupt: host cluster at " +
+                                        hex(c << geo_.cluster_bits) +
                                         " is in use but no refcount block covers it; "
                                         "repair it with 'qemu-img check -r all'"};
     for (uint64_t bi = 0; bi < table_.size(); ++bi) {
@@ -262,7 +260,8 @@ awaitable<Result<void>> Refcounts::reconcile(const std::vector<uint64_t>& counts
         if (table_[bi] == 0) {
             for (uint64_t c = first; c < std::min<uint64_t>(counts.size(), first + per_block_); ++c)
                 if (counts[c])
-                    co_return Error{EINVAL, "image is corrupt: host cluster at " + hex(c << geo_.cluster_bits) +
+                    co_return Error{EINVAL, "image is corrupt: host cluster at " +
+                                                hex(c << geo_.cluster_bits) +
                                                 " is in use but has no refcount block; "
                                                 "repair it with 'qemu-img check -r all'"};
             continue;
@@ -272,7 +271,8 @@ awaitable<Result<void>> Refcounts::reconcile(const std::vector<uint64_t>& counts
         for (uint64_t i = 0; i < per_block_; ++i) {
             const uint64_t want = first + i < counts.size() ? counts[first + i] : 0;
             if (want > max_refcount(order_))
-                co_return Error{EINVAL, "image is corrupt: cluster " + hex((first + i) << geo_.cluster_bits) +
+                co_return Error{EINVAL, "image is corrupt: cluster " +
+                                            hex((first + i) << geo_.cluster_bits) +
                                             " has more references than refcounts can hold"};
             if (get_refcount((*b)->data.data(), i, order_) == want) continue;
             set_refcount((*b)->data.data(), i, order_, want);

@@ -28,9 +28,10 @@ struct TableWrite {
 
 /// Refcount bookkeeping and the allocator of host clusters in the image file.
 class Refcounts {
-public:
+  public:
     Refcounts(io::File& file, Geometry geo, uint32_t order, RefTableLocation loc,
-              std::vector<uint64_t> table, uint64_t cache_budget, uint64_t file_size, DiskStats& stats);
+              std::vector<uint64_t> table, uint64_t cache_budget, uint64_t file_size,
+              DiskStats& stats);
 
     /// Refcount of host cluster `c` (0 where no refcount block covers it).
     awaitable<Result<uint64_t>> get(HostClusterIndex c);
@@ -70,7 +71,7 @@ public:
     const std::vector<uint64_t>& table() const { return table_; }
     uint64_t entries_per_block() const { return per_block_; }
 
-private:
+  private:
     awaitable<Result<CacheRef>> block_for(HostClusterIndex c, bool create);
     awaitable<Result<void>> ensure_block(uint64_t bi);
     awaitable<Result<void>> grow_table(uint64_t needed_entries);

@@ -16,12 +16,14 @@ struct Error {
 };
 
 /// Builds an Error from an errno and a message.
-inline Error make_error(int code, std::string message) { return Error{code, std::move(message)}; }
+inline Error make_error(int code, std::string message) {
+    return Error{code, std::move(message)};
+}
 
 /// A value of type T or an Error.
 template <class T>
 class [[nodiscard]] Result {
-public:
+  public:
     /// An error placeholder (asio needs default-constructible results).
     Result() : v_(std::in_place_index<1>, Error{EIO, "no result"}) {}
     Result(T value) : v_(std::in_place_index<0>, std::move(value)) {}
@@ -39,14 +41,14 @@ public:
     const Error& error() const& { return std::get<1>(v_); }
     Error&& error() && { return std::get<1>(std::move(v_)); }
 
-private:
+  private:
     std::variant<T, Error> v_;
 };
 
 /// Result<void>: success or an Error.
 template <>
 class [[nodiscard]] Result<void> {
-public:
+  public:
     Result() = default;
     Result(Error error) : error_(std::move(error)), ok_(false) {}
 
@@ -54,12 +56,14 @@ public:
     explicit operator bool() const { return ok_; }
     const Error& error() const { return error_; }
 
-private:
+  private:
     Error error_;
     bool ok_ = true;
 };
 
 /// Convenience for success of Result<void>.
-inline Result<void> ok() { return {}; }
+inline Result<void> ok() {
+    return {};
+}
 
 }  // namespace qnbd

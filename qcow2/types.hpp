@@ -18,7 +18,10 @@ struct Offset {
     constexpr auto operator<=>(const Offset&) const = default;
     constexpr Offset operator+(uint64_t n) const { return Offset{value + n}; }
     constexpr Offset operator-(uint64_t n) const { return Offset{value - n}; }
-    constexpr Offset& operator+=(uint64_t n) { value += n; return *this; }
+    constexpr Offset& operator+=(uint64_t n) {
+        value += n;
+        return *this;
+    }
     /// Distance in bytes from `o` up to this offset.
     constexpr uint64_t operator-(Offset o) const { return value - o.value; }
 };
@@ -59,28 +62,48 @@ struct Geometry {
     constexpr uint64_t l2_entries() const { return cluster_size() / l2_entry_size(); }
     constexpr uint32_t subclusters() const { return extended_l2 ? 32 : 1; }
     constexpr uint64_t subcluster_size() const { return cluster_size() / subclusters(); }
-    constexpr ClusterIndex cluster_of(GuestOffset o) const { return ClusterIndex{o.value >> cluster_bits}; }
-    constexpr GuestOffset start_of(ClusterIndex c) const { return GuestOffset{c.value << cluster_bits}; }
-    constexpr uint64_t offset_in_cluster(GuestOffset o) const { return o.value & (cluster_size() - 1); }
+    constexpr ClusterIndex cluster_of(GuestOffset o) const {
+        return ClusterIndex{o.value >> cluster_bits};
+    }
+    constexpr GuestOffset start_of(ClusterIndex c) const {
+        return GuestOffset{c.value << cluster_bits};
+    }
+    constexpr uint64_t offset_in_cluster(GuestOffset o) const {
+        return o.value & (cluster_size() - 1);
+    }
     constexpr uint64_t l1_index(ClusterIndex c) const { return c.value / l2_entries(); }
     constexpr uint64_t l2_index(ClusterIndex c) const { return c.value % l2_entries(); }
-    constexpr HostClusterIndex host_cluster_of(HostOffset o) const { return HostClusterIndex{o.value >> cluster_bits}; }
-    constexpr HostOffset host_start_of(HostClusterIndex c) const { return HostOffset{c.value << cluster_bits}; }
-    constexpr bool host_aligned(HostOffset o) const { return (o.value & (cluster_size() - 1)) == 0; }
-    constexpr uint64_t round_up(uint64_t n) const { return (n + cluster_size() - 1) & ~(cluster_size() - 1); }
+    constexpr HostClusterIndex host_cluster_of(HostOffset o) const {
+        return HostClusterIndex{o.value >> cluster_bits};
+    }
+    constexpr HostOffset host_start_of(HostClusterIndex c) const {
+        return HostOffset{c.value << cluster_bits};
+    }
+    constexpr bool host_aligned(HostOffset o) const {
+        return (o.value & (cluster_size() - 1)) == 0;
+    }
+    constexpr uint64_t round_up(uint64_t n) const {
+        return (n + cluster_size() - 1) & ~(cluster_size() - 1);
+    }
 };
 
 }  // namespace qnbd
 
 template <class Tag>
 struct std::hash<qnbd::Offset<Tag>> {
-    size_t operator()(const qnbd::Offset<Tag>& o) const noexcept { return std::hash<uint64_t>{}(o.value); }
+    size_t operator()(const qnbd::Offset<Tag>& o) const noexcept {
+        return std::hash<uint64_t>{}(o.value);
+    }
 };
 template <>
 struct std::hash<qnbd::ClusterIndex> {
-    size_t operator()(const qnbd::ClusterIndex& c) const noexcept { return std::hash<uint64_t>{}(c.value); }
+    size_t operator()(const qnbd::ClusterIndex& c) const noexcept {
+        return std::hash<uint64_t>{}(c.value);
+    }
 };
 template <>
 struct std::hash<qnbd::HostClusterIndex> {
-    size_t operator()(const qnbd::HostClusterIndex& c) const noexcept { return std::hash<uint64_t>{}(c.value); }
+    size_t operator()(const qnbd::HostClusterIndex& c) const noexcept {
+        return std::hash<uint64_t>{}(c.value);
+    }
 };

@@ -7,9 +7,9 @@
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/post.hpp>
-#include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/random_access_file.hpp>
 #include <boost/asio/thread_pool.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <cstring>
 #include <vector>
 
@@ -49,10 +49,11 @@ awaitable<int> run_blocking(Fn fn) {
     co_return co_await asio::async_initiate<decltype(use_awaitable), void(int)>(
         [fn = std::move(fn)](auto handler) mutable {
             auto ex = asio::get_associated_executor(handler);
-            asio::post(blocking_pool(), [fn = std::move(fn), handler = std::move(handler), ex]() mutable {
-                int err = fn();
-                asio::post(ex, [handler = std::move(handler), err]() mutable { handler(err); });
-            });
+            asio::post(
+                blocking_pool(), [fn = std::move(fn), handler = std::move(handler), ex]() mutable {
+                    int err = fn();
+                    asio::post(ex, [handler = std::move(handler), err]() mutable { handler(err); });
+                });
         },
         use_awaitable);
 }
@@ -72,7 +73,8 @@ void consume(std::vector<iovec>& iov, size_t n) {
 std::vector<asio::mutable_buffer> to_buffers(const std::vector<iovec>& iov) {
     std::vector<asio::mutable_buffer> b;
     b.reserve(std::min<size_t>(iov.size(), IOV_MAX));
-    for (size_t i = 0; i < iov.size() && i < IOV_MAX; ++i) b.emplace_back(iov[i].iov_base, iov[i].iov_len);
+    for (size_t i = 0; i < iov.size() && i < IOV_MAX; ++i)
+        b.emplace_back(iov[i].iov_base, iov[i].iov_len);
     return b;
 }
 
@@ -83,7 +85,7 @@ size_t total(std::span<const iovec> iov) {
 }
 
 class UringFile final : public File {
-public:
+  public:
     UringFile(asio::any_io_executor ex, int fd, std::string path, bool direct)
         : file_(ex), fd_(fd), path_(std::move(path)), direct_(direct) {
         file_.assign(fd);
@@ -114,8 +116,8 @@ public:
         while (done < want) {
             std::vector<asio::const_buffer> bufs;
             for (auto& b : to_buffers(rest)) bufs.emplace_back(b.data(), b.size());
-            auto [ec, n] = co_await file_.async_write_some_at(off.value + done, bufs,
-                                                              as_tuple(use_awaitable));
+            auto [ec, n] =
+                co_await file_.async_write_some_at(off.value + done, bufs, as_tuple(use_awaitable));
             if (ec) co_return errno_error(ec.value(), "write to", path_);
             if (n == 0) co_return Error{EIO, "write to " + path_ + " made no progress"};
             done += n;
@@ -129,8 +131,10 @@ public:
         int flags = FALLOC_FL_KEEP_SIZE |
                     (mode == Fallocate::PunchHole ? FALLOC_FL_PUNCH_HOLE : FALLOC_FL_ZERO_RANGE);
         int err = co_await run_blocking([=] {
-            return ::fallocate(fd, flags, static_cast<off_t>(off.value), static_cast<off_t>(len)) == 0
-                       ? 0 : errno;
+            return ::fallocate(fd, flags, static_cast<off_t>(off.value), static_cast<off_t>(len)) ==
+                           0
+                       ? 0
+                       : errno;
         });
         if (err) co_return errno_error(err, "fallocate on", path_);
         co_return ok();
@@ -150,14 +154,15 @@ public:
     }
 
     Result<void> truncate(uint64_t size) override {
-        if (::ftruncate(fd_, static_cast<off_t>(size)) != 0) return errno_error(errno, "truncate of", path_);
+        if (::ftruncate(fd_, static_cast<off_t>(size)) != 0)
+            return errno_error(errno, "truncate of", path_);
         return ok();
     }
 
     bool direct() const override { return direct_; }
     const std::string& path() const override { return path_; }
 
-private:
+  private:
     asio::random_access_file file_;
     int fd_;
     std::string path_;

@@ -44,7 +44,8 @@ awaitable<void> RequestHandler::block_status() {
     while (pos < end && extents.size() < 65536) {
         auto r = co_await d.block_status(GuestOffset{pos}, end - pos);
         if (!r) {
-            spdlog::warn("{}: BLOCK_STATUS at offset {} failed: {}", c_.peer(), pos, r.error().message);
+            spdlog::warn("{}: BLOCK_STATUS at offset {} failed: {}", c_.peer(), pos,
+                         r.error().message);
             co_return co_await reply_error(nbd_error(r.error().code, r_), r.error().message);
         }
         for (Extent e : *r) {

@@ -28,18 +28,19 @@ const char* const kRefused[][2] = {
 void add_refused_options(CLI::App& app, std::string& refused) {
     for (auto& r : kRefused) {
         std::string name = r[0], what = r[1];
-        auto* opt = app.add_option_function<std::string>(
-            name, [&refused, name, what](const std::string&) {
+        auto* opt =
+            app.add_option_function<std::string>(name, [&refused, name, what](const std::string&) {
                 refused = "option " + name + " (" + what + ") is not supported by qnbd";
             });
         opt->expected(0, 1)->group("");  // Hidden: refused when used.
     }
 }
 
-const std::map<std::string, CacheMode> kCacheModes = {
-    {"none", CacheMode::None},         {"writeback", CacheMode::Writeback},
-    {"writethrough", CacheMode::Writethrough}, {"directsync", CacheMode::Directsync},
-    {"unsafe", CacheMode::Unsafe}};
+const std::map<std::string, CacheMode> kCacheModes = {{"none", CacheMode::None},
+                                                      {"writeback", CacheMode::Writeback},
+                                                      {"writethrough", CacheMode::Writethrough},
+                                                      {"directsync", CacheMode::Directsync},
+                                                      {"unsafe", CacheMode::Unsafe}};
 const std::map<std::string, DiscardMode> kDiscardModes = {{"ignore", DiscardMode::Ignore},
                                                           {"off", DiscardMode::Ignore},
                                                           {"unmap", DiscardMode::Unmap},
@@ -50,7 +51,8 @@ const std::map<std::string, DetectZeroes> kDetectZeroes = {
 void add_server_options(CLI::App& app, Config& c, std::string& cache, std::string& discard,
                         std::string& detect, std::string& cache_size) {
     app.add_option("-p,--port", c.port, "TCP port to listen on (default 10809)");
-    app.add_option("-b,--bind", c.bind, "address to bind to (default 127.0.0.1; 0.0.0.0 or :: for all)");
+    app.add_option("-b,--bind", c.bind,
+                   "address to bind to (default 127.0.0.1; 0.0.0.0 or :: for all)");
     app.add_option("-k,--socket", c.socket_path, "listen on this unix socket instead of TCP");
     app.add_option("-x,--export-name", c.export_name, "export name (default empty)");
     app.add_option("-D,--description", c.description, "export description");
@@ -58,23 +60,31 @@ void add_server_options(CLI::App& app, Config& c, std::string& cache, std::strin
     app.add_option("-f,--format", c.format, "image format: qcow2 or raw (default: qcow2, required)")
         ->check(CLI::IsMember({"qcow2", "raw"}));
     app.add_flag("-t,--persistent", c.persistent, "keep serving after the last client leaves");
-    app.add_option("-e,--shared", c.shared, "number of simultaneous clients (default 1, 0 = unlimited)");
+    app.add_option("-e,--shared", c.shared,
+                   "number of simultaneous clients (default 1, 0 = unlimited)");
     app.add_option("--cache", cache, "none|writeback|writethrough|directsync|unsafe")
         ->check(CLI::IsMember({"none", "writeback", "writethrough", "directsync", "unsafe"}));
-    app.add_flag_callback("-n,--nocache", [&cache] { cache = "none"; }, "same as --cache=none");
+    app.add_flag_callback(
+        "-n,--nocache", [&cache] { cache = "none"; }, "same as --cache=none");
     app.add_option("--aio", c.aio, "threads|native|io_uring (qnbd always uses io_uring)")
         ->check(CLI::IsMember({"threads", "native", "io_uring"}));
-    app.add_option("--discard", discard, "ignore|unmap")->check(CLI::IsMember({"ignore", "unmap", "on", "off"}));
-    app.add_option("--detect-zeroes", detect, "off|on|unmap")->check(CLI::IsMember({"off", "on", "unmap"}));
-    app.add_flag("-A,--allocation-depth", c.allocation_depth, "expose the qemu:allocation-depth context");
+    app.add_option("--discard", discard, "ignore|unmap")
+        ->check(CLI::IsMember({"ignore", "unmap", "on", "off"}));
+    app.add_option("--detect-zeroes", detect, "off|on|unmap")
+        ->check(CLI::IsMember({"off", "on", "unmap"}));
+    app.add_flag("-A,--allocation-depth", c.allocation_depth,
+                 "expose the qemu:allocation-depth context");
     app.add_option("-o,--offset", c.offset, "export the image from this byte offset on");
     app.add_option("-c,--connect", c.connect_device, "attach the image to this kernel NBD device");
-    app.add_flag("-s,--snapshot", c.snapshot, "send writes to a temporary overlay, leaving IMAGE untouched");
+    app.add_flag("-s,--snapshot", c.snapshot,
+                 "send writes to a temporary overlay, leaving IMAGE untouched");
     app.add_flag("-v,--verbose", c.verbose, "log every request");
     app.add_option("--pid-file", c.pid_file, "write the server's process ID to this file");
     app.add_flag("--fork", c.fork, "go to the background once the server is listening");
-    app.add_option("--l2-cache-size", cache_size, "metadata cache size (e.g. 64M; default covers 1 TiB)");
-    app.add_option("--handshake-timeout", c.handshake_timeout_s, "seconds a client may take to negotiate (0: no limit)");
+    app.add_option("--l2-cache-size", cache_size,
+                   "metadata cache size (e.g. 64M; default covers 1 TiB)");
+    app.add_option("--handshake-timeout", c.handshake_timeout_s,
+                   "seconds a client may take to negotiate (0: no limit)");
 }
 
 Command finish_config(Config c, const std::string& cache, const std::string& discard,
@@ -102,8 +112,10 @@ Command parse_create(int argc, char** argv) {
     CreateCommand cmd;
     std::string opts, size, fmt = "qcow2", backing, backing_fmt;
     app.add_option("-f", fmt, "image format (qcow2)")->check(CLI::IsMember({"qcow2"}));
-    app.add_option("-o", opts, "options: cluster_size, refcount_bits, compat, lazy_refcounts, "
-                               "extended_l2, compression_type, backing_file, backing_fmt, data_file, data_file_raw");
+    app.add_option(
+        "-o", opts,
+        "options: cluster_size, refcount_bits, compat, lazy_refcounts, "
+        "extended_l2, compression_type, backing_file, backing_fmt, data_file, data_file_raw");
     app.add_option("-b", backing, "backing file");
     app.add_option("-F", backing_fmt, "backing file format (qcow2 or raw)");
     app.add_option("image", cmd.image, "image to create")->required();
@@ -147,7 +159,8 @@ Command parse_command_line(int argc, char** argv) {
     std::string cache = "writeback", discard = "ignore", detect = "off", cache_size, refused;
     bool disconnect = false, version = false;
     add_server_options(app, c, cache, discard, detect, cache_size);
-    app.add_flag("-d,--disconnect", disconnect, "detach the kernel NBD device given as the argument");
+    app.add_flag("-d,--disconnect", disconnect,
+                 "detach the kernel NBD device given as the argument");
     app.add_flag("-V,--version", version, "print the version and exit");
     app.add_option("image", c.image, "image file to serve (or device with -d)");
     add_refused_options(app, refused);

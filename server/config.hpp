@@ -21,26 +21,26 @@ struct Config {
     std::string image;
     uint16_t port = 10809;
     std::string bind = "127.0.0.1";
-    std::string socket_path;      ///< Unix socket instead of TCP when set.
-    std::string export_name;      ///< Default "" like qemu-nbd.
+    std::string socket_path;  ///< Unix socket instead of TCP when set.
+    std::string export_name;  ///< Default "" like qemu-nbd.
     std::string description;
     bool read_only = false;
-    std::string format;           ///< "", "qcow2" or "raw".
+    std::string format;  ///< "", "qcow2" or "raw".
     bool persistent = false;
-    uint32_t shared = 1;          ///< Simultaneous clients; 0 = unlimited.
+    uint32_t shared = 1;  ///< Simultaneous clients; 0 = unlimited.
     CacheMode cache = CacheMode::Writeback;
     std::string aio = "io_uring";
     DiscardMode discard = DiscardMode::Ignore;
     DetectZeroes detect_zeroes = DetectZeroes::Off;
     bool allocation_depth = false;
-    uint64_t offset = 0;          ///< Export the image from this byte offset on (-o).
-    std::string connect_device;   ///< -c /dev/nbdX.
+    uint64_t offset = 0;         ///< Export the image from this byte offset on (-o).
+    std::string connect_device;  ///< -c /dev/nbdX.
     bool verbose = false;
     std::string pid_file;
     bool fork = false;
     uint64_t metadata_cache_bytes = 0;
     unsigned handshake_timeout_s = 10;
-    bool snapshot = false;        ///< -s: writes go to a temporary overlay.
+    bool snapshot = false;  ///< -s: writes go to a temporary overlay.
 };
 
 /// Open options of the engine for a configuration.

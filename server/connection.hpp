@@ -26,14 +26,14 @@ struct Negotiated {
 /// Per-connection limits.
 struct ConnectionLimits {
     unsigned handshake_timeout_s = 10;
-    size_t max_in_flight = 64;              ///< Requests served at once.
+    size_t max_in_flight = 64;                  ///< Requests served at once.
     uint64_t max_in_flight_bytes = 256u << 20;  ///< Payload and read buffers held at once.
     bool verbose = false;
 };
 
 /// An async mutex: writers of one socket take turns so replies never interleave.
 class AsyncMutex {
-public:
+  public:
     awaitable<void> lock() {
         while (locked_) co_await released_.wait();
         locked_ = true;
@@ -43,16 +43,16 @@ public:
         released_.notify_all();
     }
 
-private:
+  private:
     bool locked_ = false;
     Notifier released_;
 };
 
 /// Runs one client from handshake to close.
 class Connection : public std::enable_shared_from_this<Connection> {
-public:
-    Connection(asio::any_io_executor ex, std::unique_ptr<Transport> t, const ExportRegistry& exports,
-               ConnectionLimits limits);
+  public:
+    Connection(asio::any_io_executor ex, std::unique_ptr<Transport> t,
+               const ExportRegistry& exports, ConnectionLimits limits);
     /// Handshake, then transmission; returns when the connection is closed.
     awaitable<void> run();
     /// Transmission only, for a socket already negotiated (the kernel client's).
@@ -61,7 +61,7 @@ public:
     /// Closes the stream: the reader stops, in-flight requests finish, then run() returns.
     void shutdown() { transport_->close(); }
 
-private:
+  private:
     friend class Negotiation;
     friend class RequestHandler;
     awaitable<std::optional<Negotiated>> negotiate();

@@ -20,14 +20,14 @@ struct Export {
     std::shared_ptr<Disk> disk;
     DiscardMode discard = DiscardMode::Ignore;
     DetectZeroes detect_zeroes = DetectZeroes::Off;
-    bool unsafe_flush = false;          ///< --cache=unsafe: FLUSH does not sync.
+    bool unsafe_flush = false;  ///< --cache=unsafe: FLUSH does not sync.
     nbd::ExportFeatures features;
-    nbd::MetaContextSet contexts;       ///< Metadata contexts offered.
+    nbd::MetaContextSet contexts;  ///< Metadata contexts offered.
 };
 
 /// Exports served by this process, by name.
 class ExportRegistry {
-public:
+  public:
     void add(std::shared_ptr<Export> e) { exports_[e->name] = std::move(e); }
     /// The export called `name`, or null.
     std::shared_ptr<Export> find(const std::string& name) const {
@@ -36,7 +36,7 @@ public:
     }
     const std::map<std::string, std::shared_ptr<Export>>& all() const { return exports_; }
 
-private:
+  private:
     std::map<std::string, std::shared_ptr<Export>> exports_;
 };
 

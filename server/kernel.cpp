@@ -14,12 +14,15 @@ namespace qnbd::server {
 
 namespace {
 
-Error sys_error(const std::string& what) { return Error{errno, what + ": " + std::strerror(errno)}; }
+Error sys_error(const std::string& what) {
+    return Error{errno, what + ": " + std::strerror(errno)};
+}
 
 }  // namespace
 
-Result<std::unique_ptr<KernelDevice>> KernelDevice::attach(const std::string& device, int kernel_fd, uint64_t size,
-                                                           uint16_t flags, std::function<void()> on_exit) {
+Result<std::unique_ptr<KernelDevice>> KernelDevice::attach(const std::string& device, int kernel_fd,
+                                                           uint64_t size, uint16_t flags,
+                                                           std::function<void()> on_exit) {
     int fd = ::open(device.c_str(), O_RDWR | O_CLOEXEC);
     if (fd < 0) return sys_error("cannot open " + device);
     std::unique_ptr<KernelDevice> dev(new KernelDevice);
@@ -29,7 +32,8 @@ Result<std::unique_ptr<KernelDevice>> KernelDevice::attach(const std::string& de
     if (::ioctl(fd, NBD_SET_SIZE_BLOCKS, static_cast<unsigned long>(size / block)) < 0)
         return sys_error(device + ": NBD_SET_SIZE_BLOCKS");
     if (::ioctl(fd, NBD_CLEAR_SOCK) < 0) return sys_error(device + ": NBD_CLEAR_SOCK");
-    if (::ioctl(fd, NBD_SET_FLAGS, static_cast<unsigned long>(flags)) < 0) return sys_error(device + ": NBD_SET_FLAGS");
+    if (::ioctl(fd, NBD_SET_FLAGS, static_cast<unsigned long>(flags)) < 0)
+        return sys_error(device + ": NBD_SET_FLAGS");
     if (::ioctl(fd, NBD_SET_SOCK, kernel_fd) < 0) return sys_error(device + ": NBD_SET_SOCK");
     dev->thread_ = std::thread([fd, device, on_exit = std::move(on_exit)] {
         if (::ioctl(fd, NBD_DO_IT) < 0 && errno != EPIPE)
@@ -64,7 +68,8 @@ Result<void> kernel_disconnect(const std::string& device) {
 std::string kernel_nbd_unavailable_reason() {
     struct stat st;
     if (::stat("/dev/nbd0", &st) == 0) return {};
-    if (::stat("/sys/module/nbd", &st) != 0) return "the nbd kernel module is not loaded (no /sys/module/nbd)";
+    if (::stat("/sys/module/nbd", &st) != 0)
+        return "the nbd kernel module is not loaded (no /sys/module/nbd)";
     return "/dev/nbd0 does not exist";
 }
 

@@ -12,14 +12,15 @@ namespace qnbd::server {
 
 /// A kernel NBD device bound to one end of a socket pair until it is disconnected.
 class KernelDevice {
-public:
+  public:
     /// Hands `kernel_fd` to `device` for an export of `size` bytes with `flags`; the kernel
     /// serves I/O from a thread until the device is disconnected, then `on_exit` runs there.
-    static Result<std::unique_ptr<KernelDevice>> attach(const std::string& device, int kernel_fd, uint64_t size,
-                                                        uint16_t flags, std::function<void()> on_exit);
+    static Result<std::unique_ptr<KernelDevice>> attach(const std::string& device, int kernel_fd,
+                                                        uint64_t size, uint16_t flags,
+                                                        std::function<void()> on_exit);
     ~KernelDevice();
 
-private:
+  private:
     KernelDevice() = default;
     int dev_fd_ = -1;
     std::thread thread_;

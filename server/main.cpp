@@ -72,7 +72,8 @@ std::shared_ptr<Export> make_export(const Config& cfg, std::shared_ptr<Disk> dis
     return e;
 }
 
-awaitable<Result<std::shared_ptr<Disk>>> open_configured(asio::any_io_executor ex, const Config& cfg) {
+awaitable<Result<std::shared_ptr<Disk>>> open_configured(asio::any_io_executor ex,
+                                                         const Config& cfg) {
     std::string path = cfg.image;
     OpenOptions opts = open_options(cfg);
     std::string overlay;
@@ -98,8 +99,8 @@ awaitable<Result<std::shared_ptr<Disk>>> open_configured(asio::any_io_executor e
 }
 
 /// Attaches the export to the kernel device named by -c and serves it until detached.
-awaitable<Result<void>> serve_kernel(asio::io_context& io, Server& server, std::shared_ptr<Export> exp,
-                                     const Config& cfg) {
+awaitable<Result<void>> serve_kernel(asio::io_context& io, Server& server,
+                                     std::shared_ptr<Export> exp, const Config& cfg) {
     int sv[2];
     if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
         co_return Error{errno, std::string("socketpair: ") + std::strerror(errno)};
@@ -111,8 +112,8 @@ awaitable<Result<void>> serve_kernel(asio::io_context& io, Server& server, std::
         ::close(sv[1]);
         co_return dev.error();
     }
-    auto t = std::make_unique<SocketTransport<asio::local::stream_protocol::socket>>(std::move(sock),
-                                                                                     cfg.connect_device);
+    auto t = std::make_unique<SocketTransport<asio::local::stream_protocol::socket>>(
+        std::move(sock), cfg.connect_device);
     co_await server.run_attached(std::move(t), Negotiated{exp, false, {}, tf});
     co_return ok();
 }
@@ -149,8 +150,11 @@ awaitable<int> serve(asio::io_context& io, const Config& cfg, int ready_fd) {
         rc = 1;
     }
     const DiskStats st = (*disk)->stats();
-    spdlog::info("{}: {} flush requests, {} barriers, {} fdatasyncs, {} clusters allocated, {} metadata writes",
-                 cfg.image, st.flush_requests, st.barriers, st.syncs, st.clusters_allocated, st.metadata_writes);
+    spdlog::info(
+        "{}: {} flush requests, {} barriers, {} fdatasyncs, {} clusters allocated, {} metadata "
+        "writes",
+        cfg.image, st.flush_requests, st.barriers, st.syncs, st.clusters_allocated,
+        st.metadata_writes);
     if (!cfg.pid_file.empty()) ::unlink(cfg.pid_file.c_str());
     co_return rc;
 }

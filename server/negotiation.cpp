@@ -13,13 +13,13 @@ using namespace qnbd::nbd;
 
 /// State of one handshake.
 class Negotiation {
-public:
+  public:
     explicit Negotiation(Connection& c) : c_(c) {}
 
     /// Runs the handshake; nullopt when the connection must close.
     awaitable<std::optional<Negotiated>> run();
 
-private:
+  private:
     enum class Next { Continue, Close, Done };
 
     awaitable<bool> send(const ByteVector& v) {
@@ -35,12 +35,14 @@ private:
     awaitable<Next> info(uint32_t option, Bytes payload);
     awaitable<Next> meta_context(uint32_t option, Bytes payload);
     awaitable<Next> list(Bytes payload);
-    uint16_t flags_for(const Export& e) const { return transmission_flags(e.features, structured_); }
+    uint16_t flags_for(const Export& e) const {
+        return transmission_flags(e.features, structured_);
+    }
 
     Connection& c_;
     bool no_zeroes_ = false;
     bool structured_ = false;
-    std::string context_export_;      ///< Export the selected contexts belong to.
+    std::string context_export_;  ///< Export the selected contexts belong to.
     MetaContextSet contexts_;
     std::optional<Negotiated> result_;
 };
@@ -93,15 +95,18 @@ awaitable<Negotiation::Next> Negotiation::option(const OptionHeader& h, Bytes pa
         case NBD_OPT_LIST:
             co_return co_await list(payload);
         case NBD_OPT_STARTTLS:
-            co_return co_await reply_error(h.option, NBD_REP_ERR_POLICY, "TLS is not configured on this server")
-                          ? Next::Continue : Next::Close;
+            co_return co_await reply_error(h.option, NBD_REP_ERR_POLICY,
+                                           "TLS is not configured on this server")
+                ? Next::Continue
+                : Next::Close;
         case NBD_OPT_INFO:
         case NBD_OPT_GO:
             co_return co_await info(h.option, payload);
         case NBD_OPT_STRUCTURED_REPLY: {
             if (auto d = decode_empty(payload); !d)
-                co_return co_await reply_error(h.option, d.error().reply, d.error().message) ? Next::Continue
-                                                                                            : Next::Close;
+                co_return co_await reply_error(h.option, d.error().reply, d.error().message)
+                    ? Next::Continue
+                    : Next::Close;
             structured_ = true;
             co_return co_await send(encode_rep_ack(h.option)) ? Next::Continue : Next::Close;
         }
@@ -109,8 +114,9 @@ awaitable<Negotiation::Next> Negotiation::option(const OptionHeader& h, Bytes pa
         case NBD_OPT_SET_META_CONTEXT:
             co_return co_await meta_context(h.option, payload);
         default:
-            co_return co_await reply_error(h.option, NBD_REP_ERR_UNSUP, "unknown option") ? Next::Continue
-                                                                                         : Next::Close;
+            co_return co_await reply_error(h.option, NBD_REP_ERR_UNSUP, "unknown option")
+                ? Next::Continue
+                : Next::Close;
     }
 }
 
@@ -126,7 +132,8 @@ awaitable<Negotiation::Next> Negotiation::export_name(Bytes payload) {
         co_return Next::Close;
     }
     const uint16_t tf = flags_for(*e);
-    if (!co_await send(encode_export_name_reply(e->disk->size(), tf, no_zeroes_))) co_return Next::Close;
+    if (!co_await send(encode_export_name_reply(e->disk->size(), tf, no_zeroes_)))
+        co_return Next::Close;
     MetaContextSet ctx = context_export_ == d->name ? contexts_ : MetaContextSet{};
     result_ = Negotiated{e, structured_, ctx, tf};
     co_return Next::Done;
@@ -134,19 +141,25 @@ awaitable<Negotiation::Next> Negotiation::export_name(Bytes payload) {
 
 awaitable<Negotiation::Next> Negotiation::list(Bytes payload) {
     if (auto d = decode_empty(payload); !d)
-        co_return co_await reply_error(NBD_OPT_LIST, d.error().reply, d.error().message) ? Next::Continue : Next::Close;
+        co_return co_await reply_error(NBD_OPT_LIST, d.error().reply, d.error().message)
+            ? Next::Continue
+            : Next::Close;
     for (auto& [name, e] : c_.exports_.all())
-        if (!co_await send(encode_rep_server(NBD_OPT_LIST, name, e->description))) co_return Next::Close;
+        if (!co_await send(encode_rep_server(NBD_OPT_LIST, name, e->description)))
+            co_return Next::Close;
     co_return co_await send(encode_rep_ack(NBD_OPT_LIST)) ? Next::Continue : Next::Close;
 }
 
 awaitable<Negotiation::Next> Negotiation::info(uint32_t option, Bytes payload) {
     auto d = decode_info_request(payload);
-    if (!d) co_return co_await reply_error(option, d.error().reply, d.error().message) ? Next::Continue : Next::Close;
+    if (!d)
+        co_return co_await reply_error(option, d.error().reply, d.error().message) ? Next::Continue
+                                                                                   : Next::Close;
     auto e = c_.exports_.find(d->name);
     if (!e) {
         std::string msg = "no export named '" + d->name + "'";
-        co_return co_await reply_error(option, NBD_REP_ERR_UNKNOWN, msg) ? Next::Continue : Next::Close;
+        co_return co_await reply_error(option, NBD_REP_ERR_UNKNOWN, msg) ? Next::Continue
+                                                                         : Next::Close;
     }
     const uint16_t tf = flags_for(*e);
     std::vector<ByteVector> replies;
@@ -166,19 +179,26 @@ awaitable<Negotiation::Next> Negotiation::info(uint32_t option, Bytes payload) {
 
 awaitable<Negotiation::Next> Negotiation::meta_context(uint32_t option, Bytes payload) {
     auto d = decode_meta_context_request(payload);
-    if (!d) co_return co_await reply_error(option, d.error().reply, d.error().message) ? Next::Continue : Next::Close;
+    if (!d)
+        co_return co_await reply_error(option, d.error().reply, d.error().message) ? Next::Continue
+                                                                                   : Next::Close;
     if (!structured_)
-        co_return co_await reply_error(option, NBD_REP_ERR_INVALID, "structured replies must be negotiated first")
-                      ? Next::Continue : Next::Close;
+        co_return co_await reply_error(option, NBD_REP_ERR_INVALID,
+                                       "structured replies must be negotiated first")
+            ? Next::Continue
+            : Next::Close;
     auto e = c_.exports_.find(d->name);
     if (!e) {
         std::string msg = "no export named '" + d->name + "'";
-        co_return co_await reply_error(option, NBD_REP_ERR_UNKNOWN, msg) ? Next::Continue : Next::Close;
+        co_return co_await reply_error(option, NBD_REP_ERR_UNKNOWN, msg) ? Next::Continue
+                                                                         : Next::Close;
     }
     const bool set = option == NBD_OPT_SET_META_CONTEXT;
-    MetaContextSet chosen = set ? match_set_queries(d->queries, e->contexts) : match_list_queries(d->queries, e->contexts);
+    MetaContextSet chosen = set ? match_set_queries(d->queries, e->contexts)
+                                : match_list_queries(d->queries, e->contexts);
     for (MetaContext m : chosen.list())
-        if (!co_await send(encode_rep_meta_context(option, set ? context_id(m) : 0, context_name(m))))
+        if (!co_await send(
+                encode_rep_meta_context(option, set ? context_id(m) : 0, context_name(m))))
             co_return Next::Close;
     if (set) {
         contexts_ = chosen;
@@ -199,8 +219,9 @@ awaitable<std::optional<Negotiated>> Connection::negotiate() {
     Negotiation n(*this);
     auto r = co_await n.run();
     timer.cancel();
-    if (*timed_out) spdlog::warn("{}: handshake not finished within {} s; connection dropped", peer(),
-                                limits_.handshake_timeout_s);
+    if (*timed_out)
+        spdlog::warn("{}: handshake not finished within {} s; connection dropped", peer(),
+                     limits_.handshake_timeout_s);
     co_return r;
 }
 

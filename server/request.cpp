@@ -23,33 +23,42 @@ bool all_zero(std::span<const std::byte> b) {
 }
 
 const char* command_name(uint16_t t) {
-    static const char* const names[] = {"READ", "WRITE", "DISC", "FLUSH", "TRIM", "CACHE", "WRITE_ZEROES",
-                                        "BLOCK_STATUS"};
+    static const char* const names[] = {"READ", "WRITE", "DISC",         "FLUSH",
+                                        "TRIM", "CACHE", "WRITE_ZEROES", "BLOCK_STATUS"};
     return t < std::size(names) ? names[t] : "UNKNOWN";
 }
 
 }  // namespace
 
 awaitable<void> RequestHandler::run(std::vector<std::byte> payload) {
-    spdlog::debug("{}: {} offset={} length={} flags={:#x}", c_.peer(), command_name(r_.type), r_.offset, r_.length,
-                  r_.flags);
+    spdlog::debug("{}: {} offset={} length={} flags={:#x}", c_.peer(), command_name(r_.type),
+                  r_.offset, r_.length, r_.flags);
     switch (r_.type) {
-        case NBD_CMD_READ: co_return co_await read();
-        case NBD_CMD_BLOCK_STATUS: co_return co_await block_status();
-        case NBD_CMD_WRITE: co_return co_await finish(co_await write(payload));
-        case NBD_CMD_FLUSH: co_return co_await finish(co_await flush());
-        case NBD_CMD_TRIM: co_return co_await finish(co_await trim());
-        case NBD_CMD_WRITE_ZEROES: co_return co_await finish(co_await write_zeroes());
-        case NBD_CMD_CACHE: co_return co_await finish(co_await cache());
-        default: co_return co_await reply_error(NBD_EINVAL, "unknown command");
+        case NBD_CMD_READ:
+            co_return co_await read();
+        case NBD_CMD_BLOCK_STATUS:
+            co_return co_await block_status();
+        case NBD_CMD_WRITE:
+            co_return co_await finish(co_await write(payload));
+        case NBD_CMD_FLUSH:
+            co_return co_await finish(co_await flush());
+        case NBD_CMD_TRIM:
+            co_return co_await finish(co_await trim());
+        case NBD_CMD_WRITE_ZEROES:
+            co_return co_await finish(co_await write_zeroes());
+        case NBD_CMD_CACHE:
+            co_return co_await finish(co_await cache());
+        default:
+            co_return co_await reply_error(NBD_EINVAL, "unknown command");
     }
 }
 
 awaitable<void> RequestHandler::finish(const Result<void>& r) {
     if (r) co_return co_await reply_simple_ok();
     const bool expected = r.error().code == ENOTSUP && (r_.flags & NBD_CMD_FLAG_FAST_ZERO);
-    spdlog::log(expected ? spdlog::level::debug : spdlog::level::warn, "{}: {} at offset {} length {} failed: {}", c_.peer(), command_name(r_.type), r_.offset, r_.length,
-                 r.error().message);
+    spdlog::log(expected ? spdlog::level::debug : spdlog::level::warn,
+                "{}: {} at offset {} length {} failed: {}", c_.peer(), command_name(r_.type),
+                r_.offset, r_.length, r.error().message);
     co_await reply_error(nbd_error(r.error().code, r_), r.error().message);
 }
 
@@ -78,9 +87,11 @@ awaitable<void> RequestHandler::read() {
     std::vector<ZeroRun> zeros;
     const bool structured = c_.neg_->structured;
     const bool df = r_.flags & NBD_CMD_FLAG_DF;
-    auto r = co_await exp().disk->read(GuestOffset{r_.offset}, buf, structured && !df ? &zeros : nullptr);
+    auto r = co_await exp().disk->read(GuestOffset{r_.offset}, buf,
+                                       structured && !df ? &zeros : nullptr);
     if (!r) {
-        spdlog::warn("{}: READ at offset {} length {} failed: {}", c_.peer(), r_.offset, r_.length, r.error().message);
+        spdlog::warn("{}: READ at offset {} length {} failed: {}", c_.peer(), r_.offset, r_.length,
+                     r.error().message);
         co_return co_await reply_error(nbd_error(r.error().code, r_), r.error().message);
     }
     if (!structured) {
@@ -94,8 +105,8 @@ awaitable<void> RequestHandler::read() {
     heads.reserve(zeros.size() * 2 + 1);
     std::vector<asio::const_buffer> out;
     auto add_data = [&](uint64_t from, uint64_t to, bool last) {
-        auto h = encode_offset_data_header(last ? NBD_REPLY_FLAG_DONE : 0, r_.cookie, r_.offset + from,
-                                           static_cast<uint32_t>(to - from));
+        auto h = encode_offset_data_header(last ? NBD_REPLY_FLAG_DONE : 0, r_.cookie,
+                                           r_.offset + from, static_cast<uint32_t>(to - from));
         heads.emplace_back();
         std::memcpy(heads.back().data(), h.data(), h.size());
         out.emplace_back(heads.back().data(), h.size());
@@ -106,8 +117,8 @@ awaitable<void> RequestHandler::read() {
         const ZeroRun& z = zeros[i];
         if (z.offset > pos) add_data(pos, z.offset, false);
         const bool last = z.offset + z.length == buf.size();
-        heads.push_back(encode_offset_hole(last ? NBD_REPLY_FLAG_DONE : 0, r_.cookie, r_.offset + z.offset,
-                                           static_cast<uint32_t>(z.length)));
+        heads.push_back(encode_offset_hole(last ? NBD_REPLY_FLAG_DONE : 0, r_.cookie,
+                                           r_.offset + z.offset, static_cast<uint32_t>(z.length)));
         out.emplace_back(heads.back().data(), heads.back().size());
         pos = z.offset + z.length;
     }
@@ -127,8 +138,10 @@ awaitable<void> RequestHandler::read() {
 awaitable<Result<void>> RequestHandler::write(std::vector<std::byte>& payload) {
     Disk& d = *exp().disk;
     if (exp().detect_zeroes != DetectZeroes::Off && all_zero(payload)) {
-        const bool unmap = exp().detect_zeroes == DetectZeroes::Unmap && exp().discard == DiscardMode::Unmap;
-        co_return co_await d.write_zeroes(GuestOffset{r_.offset}, payload.size(), ZeroFlags{unmap, fua(), false});
+        const bool unmap =
+            exp().detect_zeroes == DetectZeroes::Unmap && exp().discard == DiscardMode::Unmap;
+        co_return co_await d.write_zeroes(GuestOffset{r_.offset}, payload.size(),
+                                          ZeroFlags{unmap, fua(), false});
     }
     co_return co_await d.write(GuestOffset{r_.offset}, payload, WriteFlags{fua()});
 }
@@ -143,7 +156,8 @@ awaitable<Result<void>> RequestHandler::write_zeroes() {
 
 awaitable<Result<void>> RequestHandler::trim() {
     if (exp().discard == DiscardMode::Unmap)
-        co_return co_await exp().disk->discard(GuestOffset{r_.offset}, r_.length, WriteFlags{fua()});
+        co_return co_await exp().disk->discard(GuestOffset{r_.offset}, r_.length,
+                                               WriteFlags{fua()});
     if (fua()) co_return co_await flush();
     co_return ok();
 }

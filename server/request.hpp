@@ -11,14 +11,14 @@ namespace qnbd::server {
 
 /// Handles one request of a connection.
 class RequestHandler {
-public:
+  public:
     RequestHandler(Connection& c, const nbd::Request& r) : c_(c), r_(r) {}
     /// Serves the request and sends its reply.
     awaitable<void> run(std::vector<std::byte> payload);
     /// Sends an error reply (structured for READ and BLOCK_STATUS when negotiated).
     awaitable<void> reply_error(uint32_t nbd_error, const std::string& message);
 
-private:
+  private:
     awaitable<void> read();
     awaitable<Result<void>> write(std::vector<std::byte>& payload);
     awaitable<Result<void>> write_zeroes();

@@ -15,7 +15,8 @@ namespace {
 
 std::string endpoint_name(const asio::ip::tcp::endpoint& ep) {
     auto a = ep.address();
-    return (a.is_v6() ? "[" + a.to_string() + "]" : a.to_string()) + ":" + std::to_string(ep.port());
+    return (a.is_v6() ? "[" + a.to_string() + "]" : a.to_string()) + ":" +
+           std::to_string(ep.port());
 }
 
 }  // namespace
@@ -40,7 +41,9 @@ Result<void> Server::listen() {
         unix_->open(ep.protocol(), ec);
         if (!ec) unix_->bind(ep, ec);
         if (!ec) unix_->listen(asio::socket_base::max_listen_connections, ec);
-        if (ec) return Error{ec.value(), "cannot listen on unix socket " + cfg_.socket_path + ": " + ec.message()};
+        if (ec)
+            return Error{ec.value(),
+                         "cannot listen on unix socket " + cfg_.socket_path + ": " + ec.message()};
         spdlog::info("listening on unix socket {}", cfg_.socket_path);
         return ok();
     }
@@ -55,7 +58,9 @@ Result<void> Server::listen() {
     if (ec) return Error{ec.value(), "cannot listen on " + endpoint_name(ep) + ": " + ec.message()};
     spdlog::info("listening on {}", endpoint_name(tcp_->local_endpoint()));
     if (addr.is_loopback())
-        spdlog::info("only local clients can connect; use -b 0.0.0.0 (or -b ::) to export on all interfaces");
+        spdlog::info(
+            "only local clients can connect; use -b 0.0.0.0 (or -b ::) to export on all "
+            "interfaces");
     return ok();
 }
 

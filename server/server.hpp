@@ -18,7 +18,7 @@ namespace qnbd::server {
 
 /// Accepts clients for the exports of a registry until told to stop.
 class Server {
-public:
+  public:
     Server(asio::io_context& io, const Config& cfg, ExportRegistry& exports);
     /// Binds the listening socket(s); errors name the address.
     Result<void> listen();
@@ -27,7 +27,7 @@ public:
     /// Serves one already-connected, already-negotiated stream (the kernel client) until it ends.
     awaitable<void> run_attached(std::unique_ptr<Transport> t, Negotiated n);
 
-private:
+  private:
     template <class Acceptor>
     awaitable<void> accept_loop(Acceptor& acceptor);
     awaitable<void> serve_client(std::unique_ptr<Transport> t);

@@ -12,8 +12,8 @@ namespace qnbd::server {
 
 using namespace qnbd::nbd;
 
-Connection::Connection(asio::any_io_executor ex, std::unique_ptr<Transport> t, const ExportRegistry& exports,
-                       ConnectionLimits limits)
+Connection::Connection(asio::any_io_executor ex, std::unique_ptr<Transport> t,
+                       const ExportRegistry& exports, ConnectionLimits limits)
     : ex_(ex), transport_(std::move(t)), exports_(exports), limits_(limits) {}
 
 awaitable<void> Connection::run() {
@@ -34,7 +34,8 @@ awaitable<void> Connection::serve(Negotiated n) {
 
 awaitable<error_code> Connection::send(std::span<const asio::const_buffer> bufs) {
     co_await write_lock_.lock();
-    error_code ec = broken_ ? error_code(asio::error::broken_pipe) : co_await transport_->write(bufs);
+    error_code ec =
+        broken_ ? error_code(asio::error::broken_pipe) : co_await transport_->write(bufs);
     write_lock_.unlock();
     if (ec && !broken_) {
         broken_ = true;
@@ -57,7 +58,8 @@ static uint64_t request_bytes(const Request& r) {
 awaitable<bool> Connection::read_request(Session& s, bool& stop) {
     std::array<std::byte, kRequestHeaderSize> hb;
     if (auto ec = co_await transport_->read(hb); ec) {
-        if (ec != asio::error::eof && !broken_) spdlog::warn("{}: read failed: {}", peer(), ec.message());
+        if (ec != asio::error::eof && !broken_)
+            spdlog::warn("{}: read failed: {}", peer(), ec.message());
         co_return false;
     }
     auto r = decode_request(hb);
@@ -75,7 +77,8 @@ awaitable<bool> Connection::read_request(Session& s, bool& stop) {
         co_return true;
     }
     const uint64_t bytes = request_bytes(*r);
-    while (in_flight_ >= limits_.max_in_flight || (in_flight_ && in_flight_bytes_ + bytes > limits_.max_in_flight_bytes))
+    while (in_flight_ >= limits_.max_in_flight ||
+           (in_flight_ && in_flight_bytes_ + bytes > limits_.max_in_flight_bytes))
         co_await request_done_.wait();
     std::vector<std::byte> payload(chk.payload_length);
     if (!payload.empty() && co_await transport_->read(payload)) co_return false;
@@ -89,7 +92,8 @@ awaitable<bool> Connection::read_request(Session& s, bool& stop) {
     in_flight_bytes_ += bytes;
     asio::co_spawn(ex_, handle(*r, std::move(payload)),
                    [self = shared_from_this(), bytes](std::exception_ptr e) {
-                       if (e) spdlog::error("{}: request failed with an internal error", self->peer());
+                       if (e)
+                           spdlog::error("{}: request failed with an internal error", self->peer());
                        self->finish_request(bytes);
                    });
     co_return !broken_;

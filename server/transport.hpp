@@ -21,7 +21,7 @@ using boost::system::error_code;
 
 /// A full-duplex byte stream with exact reads and complete gather writes.
 class Transport {
-public:
+  public:
     virtual ~Transport() = default;
     /// Fills `buf` completely, or fails (eof included).
     virtual awaitable<error_code> read(std::span<std::byte> buf) = 0;
@@ -36,8 +36,9 @@ public:
 /// Transport over a connected Asio stream socket (TCP or unix).
 template <class Socket>
 class SocketTransport final : public Transport {
-public:
-    SocketTransport(Socket socket, std::string peer) : socket_(std::move(socket)), peer_(std::move(peer)) {}
+  public:
+    SocketTransport(Socket socket, std::string peer)
+        : socket_(std::move(socket)), peer_(std::move(peer)) {}
 
     awaitable<error_code> read(std::span<std::byte> buf) override {
         auto [ec, n] = co_await asio::async_read(socket_, asio::buffer(buf.data(), buf.size()),
@@ -56,7 +57,7 @@ public:
     }
     const std::string& peer() const override { return peer_; }
 
-private:
+  private:
     Socket socket_;
     std::string peer_;
 };

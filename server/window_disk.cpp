@@ -4,15 +4,18 @@ namespace qnbd::server {
 namespace {
 
 class WindowDisk final : public Disk {
-public:
-    WindowDisk(std::shared_ptr<Disk> inner, uint64_t offset) : inner_(std::move(inner)), offset_(offset) {}
+  public:
+    WindowDisk(std::shared_ptr<Disk> inner, uint64_t offset)
+        : inner_(std::move(inner)), offset_(offset) {}
     uint64_t size() const override { return inner_->size() - offset_; }
     bool read_only() const override { return inner_->read_only(); }
     std::string format_name() const override { return inner_->format_name(); }
-    awaitable<Result<void>> read(GuestOffset off, std::span<std::byte> buf, std::vector<ZeroRun>* z) override {
+    awaitable<Result<void>> read(GuestOffset off, std::span<std::byte> buf,
+                                 std::vector<ZeroRun>* z) override {
         return inner_->read(off + offset_, buf, z);
     }
-    awaitable<Result<void>> write(GuestOffset off, std::span<const std::byte> buf, WriteFlags f) override {
+    awaitable<Result<void>> write(GuestOffset off, std::span<const std::byte> buf,
+                                  WriteFlags f) override {
         return inner_->write(off + offset_, buf, f);
     }
     awaitable<Result<void>> write_zeroes(GuestOffset off, uint64_t len, ZeroFlags f) override {
@@ -28,7 +31,7 @@ public:
     awaitable<Result<void>> close() override { return inner_->close(); }
     DiskStats stats() const override { return inner_->stats(); }
 
-private:
+  private:
     std::shared_ptr<Disk> inner_;
     uint64_t offset_;
 };

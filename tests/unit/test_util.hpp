@@ -1,14 +1,14 @@
 // Helpers shared by the tests: temporary directories, shell commands, running coroutines.
 #pragma once
 
+#include <sys/wait.h>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/use_future.hpp>
 #include <cstdio>
-#include <cstring>
-#include <sys/wait.h>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <optional>
@@ -20,20 +20,23 @@ namespace qnbd::test {
 
 /// A fresh directory under /tmp, removed with everything in it when destroyed.
 class TempDir {
-public:
+  public:
     TempDir() {
         std::string tmpl = (std::filesystem::temp_directory_path() / "qnbd-test-XXXXXX").string();
         if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
         path_ = tmpl;
     }
-    ~TempDir() { std::error_code ec; std::filesystem::remove_all(path_, ec); }
+    ~TempDir() {
+        std::error_code ec;
+        std::filesystem::remove_all(path_, ec);
+    }
     TempDir(const TempDir&) = delete;
     TempDir& operator=(const TempDir&) = delete;
     /// Path of `name` inside the directory.
     std::string file(const std::string& name) const { return (path_ / name).string(); }
     const std::filesystem::path& path() const { return path_; }
 
-private:
+  private:
     std::filesystem::path path_;
 };
 
@@ -52,7 +55,8 @@ inline std::string sh_output(const std::string& cmd) {
     size_t n;
     while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
     int rc = pclose(p);
-    if (!WIFEXITED(rc) || WEXITSTATUS(rc) != 0) throw std::runtime_error("command failed: " + cmd + "\n" + out);
+    if (!WIFEXITED(rc) || WEXITSTATUS(rc) != 0)
+        throw std::runtime_error("command failed: " + cmd + "\n" + out);
     return out;
 }
 
