@@ -168,6 +168,10 @@ awaitable<Result<void>> Qcow2Image::write_allocating(ClusterIndex c, const Clust
         uint32_t alloc = ci.alloc_mask | touched, zero = ci.zero_mask & ~touched;
         if (ci.kind == ClusterKind::Compressed) alloc = 0xffffffffu, zero = 0;
         if (reuse || ci.kind == ClusterKind::Unallocated) ws = first * scs, we = (last + 1) * scs;
+        // Allocated edge subclusters may take concurrent in-place writes: never rewrite their
+        // bytes outside this request, only fill subclusters that become allocated now.
+        if (reuse && ((ci.alloc_mask >> first) & 1)) ws = start;
+        if (reuse && ((ci.alloc_mask >> last) & 1)) we = start + data.size();
         bitmap = (uint64_t{zero} << 32) | alloc;
     }
     const bool zero_fill = reads_as_zero(ci, backing_ != nullptr, fmt_.data_file_raw, geo_);
