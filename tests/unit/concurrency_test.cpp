@@ -325,3 +325,30 @@ TEST_CASE("concurrency: reads of untouched bytes of clusters being allocated", "
         co_await when_all(std::move(tasks));
     });
 }
+
+// Regression: with extended L2, a write that must allocate a zero subcluster of an allocated
+// cluster rewrote whole subclusters [first, last] from a copy read beforehand, including the
+// already-allocated subcluster it only partly covers; an in-place write to the rest of that
+// subcluster, issued just before and still in flight, was overwritten with the old bytes.
+TEST_CASE("concurrency: regression: subcluster allocation lost a concurrent in-place write",
+          "[concurrency]") {
+    bool in_place_first = GENERATE(true, false);
+    const uint64_t c = 65536, s = c / 32;
+    Fixture fx("extended_l2=on,cluster_size=65536", c, 8 * MiB);
+    std::vector<std::string> fill = {"write -q -P 0x11 0 4M"};
+    for (uint64_t k = 0; k < 64; ++k) fill.push_back("write -q -z -u " + n(k * c) + " " + n(s));
+    qemu_io(fx.path, fill);
+    fx.ref.emplace(qemu_raw(fx.path), Bytes{}, c);
+    std::mt19937_64 rng(3009);
+    std::vector<Op> ops;
+    for (uint64_t k = 0; k < 64; ++k) {
+        // In place: the tail of subcluster 2. Allocating: subcluster 0 up to that tail.
+        uint64_t split = k * c + 2 * s + 1 + rng() % (s - 2);
+        Op in_place = write_op(split, random_bytes(rng, k * c + 3 * s - split));
+        Op allocating = write_op(k * c, random_bytes(rng, split - k * c));
+        ops.push_back(in_place_first ? in_place : allocating);
+        ops.push_back(in_place_first ? allocating : in_place);
+    }
+    INFO("in-place write issued first: " << in_place_first);
+    fx.session([&](Disk& disk) { return all_at_once(disk, *fx.ref, ops); });
+}
