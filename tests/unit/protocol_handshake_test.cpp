@@ -6,40 +6,12 @@
 #include <vector>
 
 #include "protocol/handshake.hpp"
+#include "protocol_hex.hpp"
 
 using namespace qnbd::nbd;
+using namespace qnbd::nbd::test;
 
-namespace {
-
-/// Lowercase hex of `b`, for readable comparisons.
-std::string to_hex(Bytes b) {
-    static constexpr char digits[] = "0123456789abcdef";
-    std::string out;
-    for (std::byte x : b) {
-        out += digits[static_cast<unsigned>(x) >> 4];
-        out += digits[static_cast<unsigned>(x) & 15];
-    }
-    return out;
-}
-
-/// Hex text with the spaces (used to group fields) removed.
-std::string hex(std::string_view s) {
-    std::string out;
-    for (char c : s)
-        if (c != ' ') out += c;
-    return out;
-}
-
-/// Bytes from hex text.
-std::vector<std::byte> bytes(std::string_view s) {
-    std::string h = hex(s);
-    std::vector<std::byte> out;
-    for (size_t i = 0; i + 1 < h.size(); i += 2)
-        out.push_back(static_cast<std::byte>(std::stoul(h.substr(i, 2), nullptr, 16)));
-    return out;
-}
-
-}  // namespace
+namespace {}  // namespace
 
 TEST_CASE("protocol: greeting is NBDMAGIC then IHAVEOPT then FIXED_NEWSTYLE and NO_ZEROES",
           "[protocol]") {

@@ -6,35 +6,12 @@
 #include <vector>
 
 #include "protocol/transmission.hpp"
+#include "protocol_hex.hpp"
 
 using namespace qnbd::nbd;
+using namespace qnbd::nbd::test;
 
 namespace {
-
-std::string to_hex(Bytes b) {
-    static constexpr char digits[] = "0123456789abcdef";
-    std::string out;
-    for (std::byte x : b) {
-        out += digits[static_cast<unsigned>(x) >> 4];
-        out += digits[static_cast<unsigned>(x) & 15];
-    }
-    return out;
-}
-
-std::string hex(std::string_view s) {
-    std::string out;
-    for (char c : s)
-        if (c != ' ') out += c;
-    return out;
-}
-
-std::vector<std::byte> bytes(std::string_view s) {
-    std::string h = hex(s);
-    std::vector<std::byte> out;
-    for (size_t i = 0; i + 1 < h.size(); i += 2)
-        out.push_back(static_cast<std::byte>(std::stoul(h.substr(i, 2), nullptr, 16)));
-    return out;
-}
 
 const std::string kCookie = "0102030405060708";
 constexpr uint64_t kCookieValue = 0x0102030405060708;
