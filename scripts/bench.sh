@@ -29,7 +29,7 @@ done
 export PATH=/usr/bin:$PATH
 if [ -z "$qnbd" ]; then
   scripts/install-deps.sh
-  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DQNBD_TESTS=OFF >/dev/null
+  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DQNBD_SANITIZE=OFF -DQNBD_TESTS=OFF >/dev/null
   cmake --build build --target qnbd >/dev/null
   qnbd=$root/build/qnbd
 fi

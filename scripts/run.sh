@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DQNBD_TESTS=OFF >/dev/null
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DQNBD_SANITIZE=OFF -DQNBD_TESTS=OFF >/dev/null
 cmake --build build --target qnbd
 if [ $# -eq 0 ]; then
   [ -f demo.qcow2 ] || build/qnbd create demo.qcow2 10G
