@@ -61,8 +61,8 @@ class File {
     awaitable<Result<void>> write(HostOffset off, std::span<const std::byte> buf);
 };
 
-/// Opens `path` for io_uring-backed asynchronous I/O on `ex`; blocking calls (fdatasync,
-/// fallocate) run on a small shared thread pool so the reactor never blocks.
+/// Opens `path` for asynchronous I/O on the io_uring of `ex`'s io_context (fdatasync and
+/// fallocate included, so the reactor thread never blocks).
 Result<std::unique_ptr<File>> open_file(asio::any_io_executor ex, const std::string& path,
                                         OpenFlags flags);
 

@@ -1,21 +1,20 @@
-// File over io_uring: reads and writes through Asio's random_access_file (io_uring backend);
-// fdatasync and fallocate run on a small thread pool so the reactor thread never blocks.
+// File over io_uring: every read, write, fallocate and fdatasync is one operation on the
+// io_context's ring (qcow2/uring.hpp), so any number of them run at once on one file.
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <boost/asio/as_tuple.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/random_access_file.hpp>
-#include <boost/asio/thread_pool.hpp>
-#include <boost/asio/use_awaitable.hpp>
+#include <algorithm>
+#include <climits>
 #include <cstring>
+#include <system_error>
 #include <vector>
 
 #include "qcow2/aligned_file.hpp"
 #include "qcow2/buffer.hpp"
 #include "qcow2/io.hpp"
+#include "qcow2/uring.hpp"
 
 namespace qnbd {
 
@@ -29,33 +28,8 @@ const std::byte* zero_page() {
 namespace qnbd::io {
 namespace {
 
-using asio::as_tuple;
-using asio::use_awaitable;
-
 Error errno_error(int err, const std::string& what, const std::string& path) {
     return Error{err, what + " " + path + ": " + std::strerror(err)};
-}
-
-/// The pool that runs blocking file system calls.
-asio::thread_pool& blocking_pool() {
-    static asio::thread_pool pool(2);
-    return pool;
-}
-
-/// Runs `fn` (returning an errno, 0 on success) on the blocking pool and resumes on the
-/// caller's executor.
-template <class Fn>
-awaitable<int> run_blocking(Fn fn) {
-    co_return co_await asio::async_initiate<decltype(use_awaitable), void(int)>(
-        [fn = std::move(fn)](auto handler) mutable {
-            auto ex = asio::get_associated_executor(handler);
-            asio::post(
-                blocking_pool(), [fn = std::move(fn), handler = std::move(handler), ex]() mutable {
-                    int err = fn();
-                    asio::post(ex, [handler = std::move(handler), err]() mutable { handler(err); });
-                });
-        },
-        use_awaitable);
 }
 
 /// Advances a scatter list past `n` bytes.
@@ -69,15 +43,6 @@ void consume(std::vector<iovec>& iov, size_t n) {
     }
 }
 
-/// Asio buffer views over an iovec list (at most IOV_MAX entries per call).
-std::vector<asio::mutable_buffer> to_buffers(const std::vector<iovec>& iov) {
-    std::vector<asio::mutable_buffer> b;
-    b.reserve(std::min<size_t>(iov.size(), IOV_MAX));
-    for (size_t i = 0; i < iov.size() && i < IOV_MAX; ++i)
-        b.emplace_back(iov[i].iov_base, iov[i].iov_len);
-    return b;
-}
-
 size_t total(std::span<const iovec> iov) {
     size_t n = 0;
     for (auto& v : iov) n += v.iov_len;
@@ -87,23 +52,27 @@ size_t total(std::span<const iovec> iov) {
 class UringFile final : public File {
   public:
     UringFile(asio::any_io_executor ex, int fd, std::string path, bool direct)
-        : file_(ex), fd_(fd), path_(std::move(path)), direct_(direct) {
-        file_.assign(fd);
-    }
+        : ex_(ex), ring_(Ring::of(ex)), fd_(fd), path_(std::move(path)), direct_(direct) {}
+    ~UringFile() override { ::close(fd_); }
 
     awaitable<Result<size_t>> readv(HostOffset off, std::span<const iovec> iov) override {
         std::vector<iovec> rest(iov.begin(), iov.end());
         size_t done = 0;
         const size_t want = total(iov);
         while (done < want) {
-            auto [ec, n] = co_await file_.async_read_some_at(off.value + done, to_buffers(rest),
-                                                             as_tuple(use_awaitable));
-            if (ec == asio::error::eof || (!ec && n == 0)) break;
-            if (ec) co_return errno_error(ec.value(), "read from", path_);
+            const unsigned cnt = static_cast<unsigned>(std::min<size_t>(rest.size(), IOV_MAX));
+            const uint64_t at = off.value + done;
+            int r = co_await ring_.run(ex_, [&](io_uring_sqe* sqe) {
+                io_uring_prep_readv(sqe, fd_, rest.data(), cnt, at);
+            });
+            if (r == -EINTR || r == -EAGAIN) continue;
+            if (r < 0) co_return errno_error(-r, "read from", path_);
+            const size_t n = static_cast<size_t>(r);
+            if (n == 0) break;
             done += n;
             // A short read of a regular file means end of file: reading on at an unaligned
             // offset would fail under O_DIRECT if a concurrent write has grown the file.
-            if (n < total(rest)) break;
+            if (n < total(std::span(rest).first(cnt))) break;
             consume(rest, n);
         }
         co_return done;
@@ -114,36 +83,36 @@ class UringFile final : public File {
         size_t done = 0;
         const size_t want = total(iov);
         while (done < want) {
-            std::vector<asio::const_buffer> bufs;
-            for (auto& b : to_buffers(rest)) bufs.emplace_back(b.data(), b.size());
-            auto [ec, n] =
-                co_await file_.async_write_some_at(off.value + done, bufs, as_tuple(use_awaitable));
-            if (ec) co_return errno_error(ec.value(), "write to", path_);
-            if (n == 0) co_return Error{EIO, "write to " + path_ + " made no progress"};
-            done += n;
-            consume(rest, n);
+            const unsigned cnt = static_cast<unsigned>(std::min<size_t>(rest.size(), IOV_MAX));
+            const uint64_t at = off.value + done;
+            int r = co_await ring_.run(ex_, [&](io_uring_sqe* sqe) {
+                io_uring_prep_writev(sqe, fd_, rest.data(), cnt, at);
+            });
+            if (r == -EINTR || r == -EAGAIN) continue;
+            if (r < 0) co_return errno_error(-r, "write to", path_);
+            if (r == 0) co_return Error{EIO, "write to " + path_ + " made no progress"};
+            done += static_cast<size_t>(r);
+            consume(rest, static_cast<size_t>(r));
         }
         co_return ok();
     }
 
     awaitable<Result<void>> fallocate(Fallocate mode, HostOffset off, uint64_t len) override {
-        int fd = fd_;
-        int flags = FALLOC_FL_KEEP_SIZE |
-                    (mode == Fallocate::PunchHole ? FALLOC_FL_PUNCH_HOLE : FALLOC_FL_ZERO_RANGE);
-        int err = co_await run_blocking([=] {
-            return ::fallocate(fd, flags, static_cast<off_t>(off.value), static_cast<off_t>(len)) ==
-                           0
-                       ? 0
-                       : errno;
+        const int flags =
+            FALLOC_FL_KEEP_SIZE |
+            (mode == Fallocate::PunchHole ? FALLOC_FL_PUNCH_HOLE : FALLOC_FL_ZERO_RANGE);
+        int r = co_await ring_.run(ex_, [&](io_uring_sqe* sqe) {
+            io_uring_prep_fallocate(sqe, fd_, flags, static_cast<off_t>(off.value),
+                                    static_cast<off_t>(len));
         });
-        if (err) co_return errno_error(err, "fallocate on", path_);
+        if (r < 0) co_return errno_error(-r, "fallocate on", path_);
         co_return ok();
     }
 
     awaitable<Result<void>> sync() override {
-        int fd = fd_;
-        int err = co_await run_blocking([fd] { return ::fdatasync(fd) == 0 ? 0 : errno; });
-        if (err) co_return errno_error(err, "fdatasync of", path_);
+        int r = co_await ring_.run(
+            ex_, [&](io_uring_sqe* sqe) { io_uring_prep_fsync(sqe, fd_, IORING_FSYNC_DATASYNC); });
+        if (r < 0) co_return errno_error(-r, "fdatasync of", path_);
         co_return ok();
     }
 
@@ -163,7 +132,8 @@ class UringFile final : public File {
     const std::string& path() const override { return path_; }
 
   private:
-    asio::random_access_file file_;
+    asio::any_io_executor ex_;
+    Ring& ring_;
     int fd_;
     std::string path_;
     bool direct_;
@@ -200,7 +170,13 @@ Result<std::unique_ptr<File>> open_file(asio::any_io_executor ex, const std::str
         ::close(fd);
         return Error{EINVAL, path + " is not a regular file or block device"};
     }
-    auto file = std::unique_ptr<File>(new UringFile(ex, fd, path, flags.direct));
+    std::unique_ptr<File> file;
+    try {
+        file.reset(new UringFile(ex, fd, path, flags.direct));
+    } catch (const std::system_error& e) {
+        ::close(fd);
+        return Error{e.code().value(), "cannot set up io_uring for " + path + ": " + e.what()};
+    }
     if (flags.direct) return make_aligned_file(std::move(file), direct_io_alignment(fd));
     return file;
 }
