@@ -31,6 +31,16 @@ class Buffer {
     size_t size() const { return size_; }
     std::span<std::byte> span() { return {data(), size_}; }
     std::span<const std::byte> span() const { return {data(), size_}; }
+    /// Allocates `size` bytes left uninitialised, for a buffer I/O fills completely.
+    static Buffer uninitialized(size_t size) {
+        Buffer b;
+        if (size == 0) return b;
+        void* p = std::aligned_alloc(kIoAlign, (size + kIoAlign - 1) & ~(kIoAlign - 1));
+        if (!p) throw std::bad_alloc();
+        b.data_.reset(static_cast<std::byte*>(p));
+        b.size_ = size;
+        return b;
+    }
     /// A copy of this buffer.
     Buffer clone() const {
         Buffer b(size_);

@@ -2,14 +2,17 @@
 // requests are read continuously and served concurrently, replies written as each completes.
 #pragma once
 
+#include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/any_io_executor.hpp>
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "protocol/meta_context.hpp"
 #include "protocol/validate.hpp"
 #include "qcow2/async.hpp"
+#include "qcow2/buffer.hpp"
 #include "server/export.hpp"
 #include "server/transport.hpp"
 
@@ -31,21 +34,23 @@ struct ConnectionLimits {
     bool verbose = false;
 };
 
-/// An async mutex: writers of one socket take turns so replies never interleave.
-class AsyncMutex {
+/// Bytes received ahead of the transmission reader: request headers arrive many per read.
+class ReceiveBuffer {
   public:
-    awaitable<void> lock() {
-        while (locked_) co_await released_.wait();
-        locked_ = true;
-    }
-    void unlock() {
-        locked_ = false;
-        released_.notify_all();
-    }
+    /// Fills `out` from buffered bytes first, then from `t`; large remainders bypass the buffer.
+    awaitable<error_code> read(Transport& t, std::span<std::byte> out);
 
   private:
-    bool locked_ = false;
-    Notifier released_;
+    std::vector<std::byte> buf_ = std::vector<std::byte>(64 * 1024);
+    size_t begin_ = 0, end_ = 0;
+};
+
+/// A reply waiting for the connection's writer.
+struct QueuedReply {
+    std::span<const asio::const_buffer> bufs;
+    error_code ec;
+    /// Resumes the request once written (emplaced: Asio 1.81's move-assignment recurses).
+    std::optional<asio::any_completion_handler<void()>> written;
 };
 
 /// Runs one client from handshake to close.
@@ -68,14 +73,16 @@ class Connection : public std::enable_shared_from_this<Connection> {
     awaitable<error_code> send(std::span<const asio::const_buffer> bufs);
     awaitable<void> transmission(Negotiated n);
     awaitable<bool> read_request(nbd::Session& s, bool& stop);
-    awaitable<void> handle(nbd::Request r, std::vector<std::byte> payload);
+    awaitable<void> handle(nbd::Request r, Buffer payload);
     void finish_request(uint64_t bytes);
 
     asio::any_io_executor ex_;
     std::unique_ptr<Transport> transport_;
     const ExportRegistry& exports_;
     ConnectionLimits limits_;
-    AsyncMutex write_lock_;
+    ReceiveBuffer rx_;                   ///< Transmission-phase input.
+    std::vector<QueuedReply*> replies_;  ///< Replies waiting for the writer, in order.
+    bool writing_ = false;               ///< A send() is writing replies out.
     std::optional<Negotiated> neg_;
     size_t in_flight_ = 0;
     uint64_t in_flight_bytes_ = 0;

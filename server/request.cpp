@@ -30,7 +30,7 @@ const char* command_name(uint16_t t) {
 
 }  // namespace
 
-awaitable<void> RequestHandler::run(std::vector<std::byte> payload) {
+awaitable<void> RequestHandler::run(Buffer payload) {
     spdlog::debug("{}: {} offset={} length={} flags={:#x}", c_.peer(), command_name(r_.type),
                   r_.offset, r_.length, r_.flags);
     switch (r_.type) {
@@ -39,7 +39,7 @@ awaitable<void> RequestHandler::run(std::vector<std::byte> payload) {
         case NBD_CMD_BLOCK_STATUS:
             co_return co_await block_status();
         case NBD_CMD_WRITE:
-            co_return co_await finish(co_await write(payload));
+            co_return co_await finish(co_await write(payload.span()));
         case NBD_CMD_FLUSH:
             co_return co_await finish(co_await flush());
         case NBD_CMD_TRIM:
@@ -83,11 +83,12 @@ awaitable<void> RequestHandler::reply_error(uint32_t err, const std::string& mes
 }
 
 awaitable<void> RequestHandler::read() {
-    std::vector<std::byte> buf(r_.length);
+    // Aligned, so O_DIRECT reads land in it directly; the engine fills every byte.
+    Buffer buf = Buffer::uninitialized(r_.length);
     std::vector<ZeroRun> zeros;
     const bool structured = c_.neg_->structured;
     const bool df = r_.flags & NBD_CMD_FLAG_DF;
-    auto r = co_await exp().disk->read(GuestOffset{r_.offset}, buf,
+    auto r = co_await exp().disk->read(GuestOffset{r_.offset}, buf.span(),
                                        structured && !df ? &zeros : nullptr);
     if (!r) {
         spdlog::warn("{}: READ at offset {} length {} failed: {}", c_.peer(), r_.offset, r_.length,
@@ -122,8 +123,8 @@ awaitable<void> RequestHandler::read() {
         out.emplace_back(heads.back().data(), heads.back().size());
         pos = z.offset + z.length;
     }
-    if (pos < buf.size() || buf.empty()) {
-        if (buf.empty()) {
+    if (pos < buf.size() || buf.size() == 0) {
+        if (buf.size() == 0) {
             auto none = encode_chunk_none(r_.cookie);
             heads.emplace_back();
             std::memcpy(heads.back().data(), none.data(), none.size());
@@ -135,7 +136,7 @@ awaitable<void> RequestHandler::read() {
     co_await c_.send(out);
 }
 
-awaitable<Result<void>> RequestHandler::write(std::vector<std::byte>& payload) {
+awaitable<Result<void>> RequestHandler::write(std::span<const std::byte> payload) {
     Disk& d = *exp().disk;
     if (exp().detect_zeroes != DetectZeroes::Off && all_zero(payload)) {
         const bool unmap =
@@ -170,10 +171,10 @@ awaitable<Result<void>> RequestHandler::flush() {
 awaitable<Result<void>> RequestHandler::cache() {
     // Reading the range loads its metadata and brings its data into the host's page cache.
     constexpr uint64_t kChunk = 4u << 20;
-    std::vector<std::byte> buf(std::min<uint64_t>(r_.length, kChunk));
+    Buffer buf = Buffer::uninitialized(std::min<uint64_t>(r_.length, kChunk));
     for (uint64_t pos = 0; pos < r_.length; pos += kChunk) {
         const uint64_t n = std::min<uint64_t>(kChunk, r_.length - pos);
-        auto r = co_await exp().disk->read(GuestOffset{r_.offset + pos}, std::span(buf).first(n));
+        auto r = co_await exp().disk->read(GuestOffset{r_.offset + pos}, buf.span().first(n));
         if (!r) co_return r;
     }
     co_return ok();

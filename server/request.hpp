@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "protocol/transmission.hpp"
+#include "qcow2/buffer.hpp"
 #include "server/connection.hpp"
 
 namespace qnbd::server {
@@ -14,13 +15,13 @@ class RequestHandler {
   public:
     RequestHandler(Connection& c, const nbd::Request& r) : c_(c), r_(r) {}
     /// Serves the request and sends its reply.
-    awaitable<void> run(std::vector<std::byte> payload);
+    awaitable<void> run(Buffer payload);
     /// Sends an error reply (structured for READ and BLOCK_STATUS when negotiated).
     awaitable<void> reply_error(uint32_t nbd_error, const std::string& message);
 
   private:
     awaitable<void> read();
-    awaitable<Result<void>> write(std::vector<std::byte>& payload);
+    awaitable<Result<void>> write(std::span<const std::byte> payload);
     awaitable<Result<void>> write_zeroes();
     awaitable<Result<void>> trim();
     awaitable<Result<void>> flush();

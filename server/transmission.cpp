@@ -3,6 +3,8 @@
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/post.hpp>
+#include <cstring>
 
 #include "protocol/errors.hpp"
 #include "server/connection.hpp"
@@ -32,16 +34,53 @@ awaitable<void> Connection::serve(Negotiated n) {
     co_await transmission(*neg_);
 }
 
-awaitable<error_code> Connection::send(std::span<const asio::const_buffer> bufs) {
-    co_await write_lock_.lock();
-    error_code ec =
-        broken_ ? error_code(asio::error::broken_pipe) : co_await transport_->write(bufs);
-    write_lock_.unlock();
-    if (ec && !broken_) {
-        broken_ = true;
-        transport_->close();
+awaitable<error_code> ReceiveBuffer::read(Transport& t, std::span<std::byte> out) {
+    for (;;) {
+        const size_t n = std::min(out.size(), end_ - begin_);
+        std::memcpy(out.data(), buf_.data() + begin_, n);
+        begin_ += n;
+        out = out.subspan(n);
+        if (out.empty()) co_return error_code{};
+        begin_ = end_ = 0;
+        if (out.size() >= buf_.size() / 2) co_return co_await t.read(out);
+        auto [ec, got] = co_await t.read_some(buf_);
+        if (ec) co_return ec;
+        end_ = got;
     }
-    co_return ec;
+}
+
+// Replies go out in arrival order, never interleaved. Whoever finds no writer at work becomes
+// the writer and sends everything queued meanwhile in one gather write per round; the others
+// wait for their reply to be written.
+awaitable<error_code> Connection::send(std::span<const asio::const_buffer> bufs) {
+    if (broken_) co_return asio::error::broken_pipe;
+    QueuedReply me{bufs, {}, {}};
+    replies_.push_back(&me);
+    if (writing_) {
+        co_await asio::async_initiate<decltype(asio::use_awaitable), void()>(
+            [&me](auto handler) { me.written.emplace(std::move(handler)); }, asio::use_awaitable);
+        co_return me.ec;
+    }
+    writing_ = true;
+    std::vector<asio::const_buffer> gather;
+    while (!replies_.empty()) {
+        auto round = std::exchange(replies_, {});
+        gather.clear();
+        for (QueuedReply* q : round) gather.insert(gather.end(), q->bufs.begin(), q->bufs.end());
+        error_code ec =
+            broken_ ? error_code(asio::error::broken_pipe) : co_await transport_->write(gather);
+        if (ec && !broken_) {
+            broken_ = true;
+            transport_->close();
+        }
+        for (QueuedReply* q : round) {
+            q->ec = ec;
+            if (q != &me)
+                asio::post(ex_, [h = std::move(*q->written)]() mutable { std::move(h)(); });
+        }
+    }
+    writing_ = false;
+    co_return me.ec;
 }
 
 void Connection::finish_request(uint64_t bytes) {
@@ -57,7 +96,7 @@ static uint64_t request_bytes(const Request& r) {
 
 awaitable<bool> Connection::read_request(Session& s, bool& stop) {
     std::array<std::byte, kRequestHeaderSize> hb;
-    if (auto ec = co_await transport_->read(hb); ec) {
+    if (auto ec = co_await rx_.read(*transport_, hb); ec) {
         if (ec != asio::error::eof && !broken_)
             spdlog::warn("{}: read failed: {}", peer(), ec.message());
         co_return false;
@@ -80,8 +119,8 @@ awaitable<bool> Connection::read_request(Session& s, bool& stop) {
     while (in_flight_ >= limits_.max_in_flight ||
            (in_flight_ && in_flight_bytes_ + bytes > limits_.max_in_flight_bytes))
         co_await request_done_.wait();
-    std::vector<std::byte> payload(chk.payload_length);
-    if (!payload.empty() && co_await transport_->read(payload)) co_return false;
+    Buffer payload = Buffer::uninitialized(chk.payload_length);
+    if (payload.size() && co_await rx_.read(*transport_, payload.span())) co_return false;
     if (!chk.ok()) {
         spdlog::warn("{}: request type {} refused: {}", peer(), r->type, chk.reason);
         RequestHandler h(*this, *r);
@@ -113,7 +152,7 @@ awaitable<void> Connection::transmission(Negotiated n) {
     transport_->close();
 }
 
-awaitable<void> Connection::handle(Request r, std::vector<std::byte> payload) {
+awaitable<void> Connection::handle(Request r, Buffer payload) {
     RequestHandler h(*this, r);
     co_await h.run(std::move(payload));
 }

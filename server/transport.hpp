@@ -11,6 +11,7 @@
 #include <boost/system/error_code.hpp>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace qnbd::server {
@@ -25,6 +26,8 @@ class Transport {
     virtual ~Transport() = default;
     /// Fills `buf` completely, or fails (eof included).
     virtual awaitable<error_code> read(std::span<std::byte> buf) = 0;
+    /// Reads at least one byte into `buf` (as many as are ready), or fails (eof included).
+    virtual awaitable<std::pair<error_code, size_t>> read_some(std::span<std::byte> buf) = 0;
     /// Writes every buffer in order, or fails.
     virtual awaitable<error_code> write(std::span<const asio::const_buffer> bufs) = 0;
     /// Closes the stream; pending operations fail.
@@ -44,6 +47,11 @@ class SocketTransport final : public Transport {
         auto [ec, n] = co_await asio::async_read(socket_, asio::buffer(buf.data(), buf.size()),
                                                  asio::as_tuple(asio::use_awaitable));
         co_return ec;
+    }
+    awaitable<std::pair<error_code, size_t>> read_some(std::span<std::byte> buf) override {
+        auto [ec, n] = co_await socket_.async_read_some(asio::buffer(buf.data(), buf.size()),
+                                                        asio::as_tuple(asio::use_awaitable));
+        co_return std::pair{ec, n};
     }
     awaitable<error_code> write(std::span<const asio::const_buffer> bufs) override {
         std::vector<asio::const_buffer> v(bufs.begin(), bufs.end());
