@@ -111,6 +111,12 @@ class Qcow2Image final : public Disk, public std::enable_shared_from_this<Qcow2I
                                           std::span<const std::byte> data);
     awaitable<Result<void>> write_allocating(ClusterIndex c, const ClusterInfo& ci, uint64_t start,
                                              std::span<const std::byte> data);
+    /// Writes `data` at `start` of the `n` clusters from `first`, which all need a new host
+    /// cluster and read as zeros: one contiguous allocation, one data write.
+    awaitable<Result<void>> write_run(ClusterIndex first, uint64_t n, uint64_t start,
+                                      std::span<const std::byte> data);
+    /// True when a cluster looked up as `ci` may join such a run.
+    bool joins_fresh_run(const ClusterInfo& ci) const;
     awaitable<Result<void>> zero_cluster(ClusterIndex c, uint64_t start, uint64_t len,
                                          ZeroFlags flags);
     awaitable<Result<void>> discard_cluster(ClusterIndex c);

@@ -2,6 +2,7 @@
 // copy-on-write of the rest of the (sub)cluster. The data is written before the new L2 entry
 // exists in memory; the L2 entry reaches the disk only at a barrier, after the refcounts.
 #include <cstring>
+#include <deque>
 
 #include "qcow2/image.hpp"
 
@@ -12,6 +13,41 @@ namespace {
 uint32_t sc_mask(uint32_t first, uint32_t last) {
     uint64_t m = ((uint64_t{1} << (last + 1)) - 1) & ~((uint64_t{1} << first) - 1);
     return static_cast<uint32_t>(m);
+}
+
+/// True when the guest sees only zeros in the cluster (no read needed for copy-on-write).
+bool reads_as_zero(const ClusterInfo& ci, bool has_backing, bool raw_data, const Geometry& geo) {
+    if (raw_data) return false;
+    switch (ci.kind) {
+        case ClusterKind::Zero:
+            return true;
+        case ClusterKind::Unallocated:
+            return !has_backing || (geo.extended_l2 && ci.zero_mask == 0xffffffffu);
+        default:
+            return false;
+    }
+}
+
+/// Makes [off, off+len) read as zeros: fallocate, or written zeros where it is unsupported.
+awaitable<Result<void>> zero_range(io::File& f, HostOffset off, uint64_t len) {
+    auto r = co_await f.fallocate(io::Fallocate::ZeroRange, off, len);
+    if (r || (r.error().code != ENOTSUP && r.error().code != EOPNOTSUPP)) co_return r;
+    Buffer zeros(len);
+    co_return co_await f.write(off, zeros.span());
+}
+
+/// Writes `data` at `host + start` and, unless the range is fresh (never written, so it reads
+/// as zeros already), zeroes the rest of [host + ws, host + we) alongside.
+awaitable<Result<void>> write_zero_padded(asio::any_io_executor ex, io::File& f, HostOffset host,
+                                          uint64_t ws, uint64_t we, uint64_t start,
+                                          std::span<const std::byte> data, bool fresh) {
+    if (fresh) co_return co_await f.write(host + start, data);
+    JoinSet join(ex);
+    join.spawn(f.write(host + start, data));
+    const uint64_t end = start + data.size();
+    if (start > ws) join.spawn(zero_range(f, host + ws, start - ws));
+    if (we > end) join.spawn(zero_range(f, host + end, we - end));
+    co_return co_await join.wait();
 }
 
 }  // namespace
@@ -66,6 +102,22 @@ awaitable<Result<void>> Qcow2Image::write(GuestOffset off, std::span<const std::
         if (run) join.spawn(data.write(run->first, run->second));
         run.reset();
     };
+    // Consecutive clusters that need a new host cluster and read as zeros are allocated
+    // together, host-contiguously, and written with one request.
+    struct FreshRun {
+        ClusterIndex first;
+        uint64_t count;
+        uint64_t start;
+        std::span<const std::byte> data;
+    };
+    std::optional<FreshRun> fresh;
+    auto flush_fresh = [&] {
+        if (fresh && fresh->count == 1)
+            join.spawn(write_cluster(fresh->first, fresh->start, fresh->data));
+        else if (fresh)
+            join.spawn(write_run(fresh->first, fresh->count, fresh->start, fresh->data));
+        fresh.reset();
+    };
     for (GuestOffset pos = off; pos < off + buf.size();) {
         const ClusterIndex c = geo_.cluster_of(pos);
         const uint64_t start = geo_.offset_in_cluster(pos);
@@ -79,6 +131,7 @@ awaitable<Result<void>> Qcow2Image::write(GuestOffset off, std::span<const std::
             ci = *l;
         }
         if (!busy_.count(c) && writable_in_place(ci, geo_, start, n)) {
+            flush_fresh();
             HostOffset h = ci.host + start;
             if (run && run->first + run->second.size() == h &&
                 run->second.data() + run->second.size() == piece.data())
@@ -91,9 +144,22 @@ awaitable<Result<void>> Qcow2Image::write(GuestOffset off, std::span<const std::
             continue;
         }
         flush_run();
+        if (!busy_.count(c) && joins_fresh_run(ci)) {
+            if (fresh && fresh->first.value + fresh->count == c.value &&
+                fresh->count < refcounts_->max_run()) {
+                ++fresh->count;
+                fresh->data = std::span(fresh->data.data(), fresh->data.size() + n);
+            } else {
+                flush_fresh();
+                fresh = FreshRun{c, 1, start, piece};
+            }
+            continue;
+        }
+        flush_fresh();
         join.spawn(write_cluster(c, start, piece));
     }
     flush_run();
+    flush_fresh();
     auto r = co_await join.wait();
     data_written_ = true;
     guard.reset();  // A FUA flush waits for a barrier, which may wait for this guard.
@@ -131,20 +197,6 @@ void Qcow2Image::release_host(const ClusterInfo& ci) {
         refcounts_->defer_free(ci.host, geo_.cluster_size());
 }
 
-/// True when the guest sees only zeros in the cluster (no read needed for copy-on-write).
-static bool reads_as_zero(const ClusterInfo& ci, bool has_backing, bool raw_data,
-                          const Geometry& geo) {
-    if (raw_data) return false;
-    switch (ci.kind) {
-        case ClusterKind::Zero:
-            return true;
-        case ClusterKind::Unallocated:
-            return !has_backing || (geo.extended_l2 && ci.zero_mask == 0xffffffffu);
-        default:
-            return false;
-    }
-}
-
 awaitable<Result<void>> Qcow2Image::write_allocating(ClusterIndex c, const ClusterInfo& ci,
                                                      uint64_t start,
                                                      std::span<const std::byte> data) {
@@ -177,18 +229,16 @@ awaitable<Result<void>> Qcow2Image::write_allocating(ClusterIndex c, const Clust
     const bool zero_fill = reads_as_zero(ci, backing_ != nullptr, fmt_.data_file_raw, geo_);
     Result<void> wr;
     io::File& f = data_file_ ? *data_file_ : *file_;
-    if (zero_fill && fresh) {
-        wr = co_await f.write(host + start, data);
+    if (zero_fill) {
+        wr = co_await write_zero_padded(ex_, f, host, ws, we, start, data, fresh);
     } else {
         Buffer buf(we - ws);
-        if (!zero_fill) {
-            auto segs = co_await map_range(geo_.start_of(c) + ws, we - ws);
-            if (!segs) wr = segs.error();
-            for (size_t i = 0; segs && wr && i < segs->size(); ++i) {
-                const Segment& s = (*segs)[i];
-                wr = co_await read_segment(
-                    s, buf.span().subspan(s.guest - (geo_.start_of(c) + ws), s.length));
-            }
+        auto segs = co_await map_range(geo_.start_of(c) + ws, we - ws);
+        if (!segs) wr = segs.error();
+        for (size_t i = 0; segs && wr && i < segs->size(); ++i) {
+            const Segment& s = (*segs)[i];
+            wr = co_await read_segment(
+                s, buf.span().subspan(s.guest - (geo_.start_of(c) + ws), s.length));
         }
         if (wr) {
             std::memcpy(buf.data() + (start - ws), data.data(), data.size());
@@ -208,6 +258,64 @@ awaitable<Result<void>> Qcow2Image::write_allocating(ClusterIndex c, const Clust
     }
     set_l2_slot(*t, c, encode_normal(host), bitmap);
     if (!reuse) release_host(ci);
+    maybe_background_flush();
+    co_return ok();
+}
+
+bool Qcow2Image::joins_fresh_run(const ClusterInfo& ci) const {
+    return !geo_.extended_l2 && !data_file_ && !ci.has_host &&
+           reads_as_zero(ci, backing_ != nullptr, fmt_.data_file_raw, geo_);
+}
+
+awaitable<Result<void>> Qcow2Image::write_run(ClusterIndex first, uint64_t n, uint64_t start,
+                                              std::span<const std::byte> data) {
+    const uint64_t cs = geo_.cluster_size();
+    std::deque<ClusterUnlock> locks;
+    std::vector<ClusterInfo> infos;
+    bool still_fresh = true;
+    for (uint64_t i = 0; i < n; ++i) {
+        const ClusterIndex c{first.value + i};
+        co_await lock_cluster(c);
+        locks.emplace_back(this, c);
+        auto l = co_await lookup(c);
+        if (!l) co_return l.error();
+        infos.push_back(*l);
+        still_fresh = still_fresh && joins_fresh_run(*l);
+    }
+    if (!still_fresh) {
+        // A concurrent request changed a cluster meanwhile: write cluster by cluster.
+        locks.clear();
+        JoinSet join(ex_);
+        for (uint64_t i = 0, pos = 0; i < n; ++i) {
+            const uint64_t from = i == 0 ? start : 0;
+            const uint64_t len = std::min(cs - from, data.size() - pos);
+            join.spawn(write_cluster(ClusterIndex{first.value + i}, from, data.subspan(pos, len)));
+            pos += len;
+        }
+        co_return co_await join.wait();
+    }
+    bool fresh = false;
+    auto h = co_await refcounts_->allocate(n, fresh);
+    if (!h) co_return h.error();
+    const HostClusterIndex h0 = geo_.host_cluster_of(*h);
+    auto release_from = [&](uint64_t i) -> awaitable<void> {
+        for (; i < n; ++i) (void)co_await refcounts_->adjust(HostClusterIndex{h0.value + i}, -1);
+    };
+    auto wr = co_await write_zero_padded(ex_, *file_, *h, 0, n * cs, start, data, fresh);
+    if (!wr) {
+        co_await release_from(0);
+        co_return wr;
+    }
+    for (uint64_t i = 0; i < n; ++i) {
+        const ClusterIndex c{first.value + i};
+        auto t = co_await l2_table(c, true);
+        if (!t) {
+            co_await release_from(i);
+            co_return t.error();
+        }
+        set_l2_slot(*t, c, encode_normal(*h + i * cs), 0);
+        release_host(infos[i]);
+    }
     maybe_background_flush();
     co_return ok();
 }

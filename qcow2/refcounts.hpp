@@ -39,8 +39,12 @@ class Refcounts {
     awaitable<Result<void>> adjust(HostClusterIndex c, int64_t delta);
     /// Sets the refcount of `c` (creating its refcount block if needed).
     awaitable<Result<void>> set(HostClusterIndex c, uint64_t value);
-    /// Allocates `n` contiguous free clusters with refcount 1. `fresh` tells whether they were
-    /// never used (beyond the original end of file), so they read as zeros without writing.
+    /// The longest run allocate() can find: a range without a refcount block gives its first
+    /// cluster to the block, so runs never cross into such a range's start.
+    uint64_t max_run() const { return per_block_ - 1; }
+    /// Allocates `n` (at most max_run()) contiguous free clusters with refcount 1. `fresh` tells
+    /// whether they were never used (beyond the original end of file), so they read as zeros
+    /// without writing.
     awaitable<Result<HostOffset>> allocate(uint64_t n, bool& fresh);
     /// Drops one reference from every cluster that [off, off+len) touches, after the next
     /// barrier that starts from now has completed.

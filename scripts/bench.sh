@@ -11,6 +11,7 @@
 # W4 4 KiB random reads, depth 32, fully allocated image
 # W5 4 KiB random writes, depth 32, no flushes, fresh image
 # W6 W3 and W4 at 1, 4, 16, 64 connections; W4 on a 1 TiB image with 64x--size allocated
+# Then the W3 and W5 write patterns once more through qnbd with fio --verify, and qemu-img check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -70,5 +71,15 @@ if want W6; then
   done
   row "W6 W4 1 TiB image" IOPS "$dir/huge.qcow2" "" \
     --rw=randread --bs=4k --iodepth=32 --size="$((bytes * 64))" --time_based --runtime="$runtime"
+fi
+# Correctness of the write paths just measured: fio --verify through qnbd, then qemu-img check.
+if want W3; then
+  v=$((bytes < (64 << 20) ? bytes : (64 << 20)))
+  verify "W3 (16 jobs, fsync=1)" --rw=randwrite --bs=4k --iodepth=1 --numjobs=16 --fsync=1 \
+    --size=$((v / 16)) --offset_increment=$((v / 16))
+fi
+if want W5; then
+  v=$((bytes < (256 << 20) ? bytes : (256 << 20)))
+  verify "W5 (qd32)" --rw=randwrite --bs=4k --iodepth=32 --size="$v"
 fi
 print_table

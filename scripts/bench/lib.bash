@@ -2,6 +2,7 @@
 # shellcheck shell=bash
 
 rows=()
+verifies=()
 port=$((20000 + RANDOM % 20000))
 
 to_bytes() {
@@ -132,6 +133,22 @@ row() {
   rows+=("$name|$unit|${q[0]}|${e[0]}|$raw|${q[1]}|${e[1]}|$((q[2] / 1024))|$spb|${q[3]}")
 }
 
+# verify NAME FIOARGS...: fio writes through qnbd to a fresh image with crc32c verification
+# (every block read back and checked), then qemu-img check; records "pass" or what failed.
+verify() {
+  local name=$1 img res=pass; shift
+  echo "verifying $name" >&2
+  img=$(image_for @fresh)
+  start_server qnbd "$img"
+  (cd "$dir" && fio --name=verify --ioengine=nbd --uri="nbd://127.0.0.1:$srv_port" \
+      --verify=crc32c --verify_fatal=1 --do_verify=1 "$@" >"$dir/verify.log" 2>&1) ||
+    res="fio verify FAILED (see $dir/verify.log)"
+  grep -q 'READ:' "$dir/verify.log" || res="fio read nothing back (see $dir/verify.log)"
+  stop_server
+  qemu-img check -q "$img" >/dev/null 2>&1 || res="$res; qemu-img check FAILED"
+  verifies+=("$name|$res")
+}
+
 print_table() {
   printf '\n%-34s %-5s %9s %9s %9s %8s %8s %9s %9s %7s %6s %6s\n' workload unit qnbd qemu-nbd raw \
     q/qemu q/raw "cpu s/GiB" "qemu cpu" "rss MiB" "sync/b" check
@@ -141,6 +158,9 @@ print_table() {
     printf '%-34s %-5s %9s %9s %9s %8s %8s %9s %9s %7s %6s %6s\n' "$name" "$unit" "$q" "$e" "$raw" \
       "$(ratio "$q" "$e")" "$(ratio "$q" "$raw")" "$qc" "$ec" "$rss" "$spb" "$check"
   done
+  [ ${#verifies[@]} -eq 0 ] && return
+  echo
+  for r in "${verifies[@]}"; do printf 'verify %-34s %s\n' "${r%%|*}" "${r#*|}"; done
 }
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "-" }'; }
