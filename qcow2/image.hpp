@@ -28,6 +28,23 @@ struct Segment {
     Plan plan;
 };
 
+/// A piece of guest data and the host offset it lives at.
+struct HostPiece {
+    HostOffset host;
+    std::span<std::byte> bytes;
+};
+
+/// Groups pieces into runs of contiguous host offsets (sorted by host offset; the guest
+/// order inside a run may be anything), each at most IOV_MAX pieces: one readv/writev per run.
+std::vector<std::vector<HostPiece>> host_runs(std::vector<HostPiece>& pieces);
+
+/// Reads one run of host_runs() with a single readv; bytes past the end of the file read as
+/// zeros.
+awaitable<Result<void>> read_run(io::File& f, std::vector<HostPiece> run);
+
+/// Writes one run of host_runs() with a single writev.
+awaitable<Result<void>> write_pieces(io::File& f, std::vector<HostPiece> run);
+
 /// Everything needed to construct an image once its files are open and validated.
 struct ImageParts {
     asio::any_io_executor ex;

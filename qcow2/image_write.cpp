@@ -96,12 +96,9 @@ awaitable<Result<void>> Qcow2Image::write(GuestOffset off, std::span<const std::
     std::optional<IoGuard> guard(std::in_place, *this);
     JoinSet join(ex_);
     io::File& data = data_file_ ? *data_file_ : *file_;
-    // Host-contiguous in-place pieces are merged into one write.
-    std::optional<std::pair<HostOffset, std::span<const std::byte>>> run;
-    auto flush_run = [&] {
-        if (run) join.spawn(data.write(run->first, run->second));
-        run.reset();
-    };
+    // In-place pieces are issued last, merged into one writev per run of contiguous host
+    // offsets (in any guest order: a cluster range written backwards is still one write).
+    std::vector<HostPiece> in_place;
     // Consecutive clusters that need a new host cluster and read as zeros are allocated
     // together, host-contiguously, and written with one request.
     struct FreshRun {
@@ -132,18 +129,10 @@ awaitable<Result<void>> Qcow2Image::write(GuestOffset off, std::span<const std::
         }
         if (!busy_.count(c) && writable_in_place(ci, geo_, start, n)) {
             flush_fresh();
-            HostOffset h = ci.host + start;
-            if (run && run->first + run->second.size() == h &&
-                run->second.data() + run->second.size() == piece.data())
-                run->second =
-                    std::span<const std::byte>(run->second.data(), run->second.size() + n);
-            else {
-                flush_run();
-                run.emplace(h, piece);
-            }
+            in_place.push_back(HostPiece{
+                ci.host + start, std::span(const_cast<std::byte*>(piece.data()), piece.size())});
             continue;
         }
-        flush_run();
         if (!busy_.count(c) && joins_fresh_run(ci)) {
             if (fresh && fresh->first.value + fresh->count == c.value &&
                 fresh->count < refcounts_->max_run()) {
@@ -158,8 +147,8 @@ awaitable<Result<void>> Qcow2Image::write(GuestOffset off, std::span<const std::
         flush_fresh();
         join.spawn(write_cluster(c, start, piece));
     }
-    flush_run();
     flush_fresh();
+    for (auto& r : host_runs(in_place)) join.spawn(write_pieces(data, std::move(r)));
     auto r = co_await join.wait();
     data_written_ = true;
     guard.reset();  // A FUA flush waits for a barrier, which may wait for this guard.
@@ -260,6 +249,14 @@ awaitable<Result<void>> Qcow2Image::write_allocating(ClusterIndex c, const Clust
     if (!reuse) release_host(ci);
     maybe_background_flush();
     co_return ok();
+}
+
+awaitable<Result<void>> write_pieces(io::File& f, std::vector<HostPiece> run) {
+    if (run.size() == 1) co_return co_await f.write(run[0].host, run[0].bytes);
+    std::vector<iovec> iov;
+    iov.reserve(run.size());
+    for (const HostPiece& p : run) iov.push_back(iovec{p.bytes.data(), p.bytes.size()});
+    co_return co_await f.writev(run[0].host, iov);
 }
 
 bool Qcow2Image::joins_fresh_run(const ClusterInfo& ci) const {

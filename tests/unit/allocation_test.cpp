@@ -160,3 +160,40 @@ TEST_CASE("allocation: recycled clusters read zeros where the write did not reac
     put(16 * MiB + 4 * KiB, 184 * KiB);
     require_same(qemu_raw(img), want, "qemu's read of the image", 0);
 }
+
+TEST_CASE("clusters written in reverse order are read and rewritten with one request each",
+          "[alloc]") {
+    TempDir dir;
+    const std::string img = dir.file("a.qcow2");
+    qemu_create(img, 64 * MiB, "");
+    std::vector<std::string> cmds;
+    for (int c = 15; c >= 0; --c)
+        cmds.push_back("write -P " + std::to_string(0x10 + c) + " " + n(c * 64 * KiB) + " 64k");
+    qemu_io(img, cmds);
+    auto log = std::make_shared<OpLog>();
+    asio::io_context io;
+    run_co(io, [&]() -> awaitable<void> {
+        auto d = co_await open_recorded(img, log);
+        (void)co_await read_ok(*d, 0, 4 * KiB);  // loads the L2 table
+        uint64_t from = log->clock();
+        Bytes got = co_await read_ok(*d, 0, MiB);
+        auto ops = log->ops_since(from);
+        REQUIRE(ops.size() == 1);
+        CHECK(ops[0].kind == OpKind::Read);
+        CHECK(ops[0].length == MiB);
+        for (uint64_t c = 0; c < 16; ++c)
+            CHECK(got[c * 64 * KiB + 100] == std::byte(static_cast<uint8_t>(0x10 + c)));
+        from = log->clock();
+        co_await write_ok(*d, 0, by_offset(0, MiB));
+        ops = log->ops_since(from);
+        REQUIRE(ops.size() == 1);
+        CHECK(ops[0].kind == OpKind::Write);
+        CHECK(ops[0].length == MiB);
+        co_await close_ok(d);
+    });
+    require_qemu_check_clean(img);
+    Bytes want(64 * MiB);
+    auto b = by_offset(0, MiB);
+    std::copy(b.begin(), b.end(), want.begin());
+    require_same(qemu_raw(img), want, "qemu's read of the image", 0);
+}
