@@ -43,10 +43,10 @@ prepare_images
 want() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }
 if want W1; then for o in seq reverse rand part-rand; do
   row "W1 read 1M qd1 $o" MB/s "$dir/t-$o.qcow2" "$dir/raw-full.img" \
-    --rw=read --bs=1M --iodepth=1 --size="$bytes"; done; fi
+    --rw=read --bs=1M --iodepth=1 --size="$bytes" --time_based --runtime="$runtime"; done; fi
 if want W2; then for o in seq reverse rand part-rand; do
   row "W2 write 1M qd1 $o" MB/s "$dir/t-$o.qcow2" "$dir/raw-full.img" \
-    --rw=write --bs=1M --iodepth=1 --size="$bytes"; done; fi
+    --rw=write --bs=1M --iodepth=1 --size="$bytes" --time_based --runtime="$runtime"; done; fi
 if want W3; then
   row "W3 randwrite 4k 16 jobs fsync=1" IOPS @fresh @rawfresh \
     --rw=randwrite --bs=4k --iodepth=1 --numjobs=16 --fsync=1 --size="$bytes" --time_based --runtime="$runtime"
