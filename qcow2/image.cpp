@@ -53,6 +53,7 @@ Qcow2Image::Qcow2Image(ImageParts p)
         RefTableLocation{header_.refcount_table_offset, header_.refcount_table_clusters},
         std::move(p.reftable), refcount_budget(header_, p.opts), p.file_size, stats_);
     header_on_disk_dirty_ = header_.dirty();
+    reserved_end_ = p.file_size;
 }
 
 awaitable<Result<std::shared_ptr<Qcow2Image>>> Qcow2Image::create(ImageParts parts) {
@@ -90,6 +91,7 @@ awaitable<Result<void>> Qcow2Image::close() {
             if (result) result = co_await sync_all();
             if (result) header_on_disk_dirty_ = false;
         }
+        if (auto r = co_await trim_preallocation(); result && !r) result = r;
     }
     closed_ = true;
     if (backing_) {

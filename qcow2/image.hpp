@@ -141,6 +141,15 @@ class Qcow2Image final : public Disk, public std::enable_shared_from_this<Qcow2I
     void release_host(const ClusterInfo& ci);
     awaitable<Result<void>> after_write(bool fua);
 
+    // File preallocation ahead of allocation (image_prealloc.cpp).
+    /// Starts reserving the next chunk of the image file when allocations reach within half a
+    /// chunk of the reserved end, so writes into new clusters overwrite reserved blocks
+    /// instead of extending the file or filling holes (which the file system serialises).
+    void maybe_preallocate(HostOffset allocated_end);
+    awaitable<void> preallocate(uint64_t from, uint64_t len);
+    /// Waits for a preallocation in flight, then gives back the reserved tail nothing uses.
+    awaitable<Result<void>> trim_preallocation();
+
     // Barriers (image_flush.cpp).
     awaitable<Result<void>> run_barriers();
     awaitable<Result<void>> barrier();
@@ -166,6 +175,12 @@ class Qcow2Image final : public Disk, public std::enable_shared_from_this<Qcow2I
     OpenOptions opts_;
     bool read_only_;
     DiskStats stats_;
+
+    uint64_t reserved_end_ = 0;   ///< End of the image file including preallocation.
+    bool preallocating_ = false;  ///< A preallocate() is in flight.
+    bool prealloc_off_ = false;   ///< The file system refused: no more preallocation.
+    bool preallocated_ = false;   ///< The file was grown ahead of use.
+    Notifier prealloc_done_;
 
     std::vector<uint64_t> l1_;
     std::set<uint64_t> l1_dirty_;  ///< Indices of changed L1 table clusters.

@@ -175,7 +175,9 @@ awaitable<Result<HostOffset>> Qcow2Image::allocate_data_cluster(ClusterIndex c, 
         fresh = false;
         co_return HostOffset{geo_.start_of(c).value};
     }
-    co_return co_await refcounts_->allocate(1, fresh);
+    auto h = co_await refcounts_->allocate(1, fresh);
+    if (h) maybe_preallocate(*h + geo_.cluster_size());
+    co_return h;
 }
 
 void Qcow2Image::release_host(const ClusterInfo& ci) {
@@ -294,6 +296,7 @@ awaitable<Result<void>> Qcow2Image::write_run(ClusterIndex first, uint64_t n, ui
     bool fresh = false;
     auto h = co_await refcounts_->allocate(n, fresh);
     if (!h) co_return h.error();
+    maybe_preallocate(*h + n * cs);
     const HostClusterIndex h0 = geo_.host_cluster_of(*h);
     auto release_from = [&](uint64_t i) -> awaitable<void> {
         for (; i < n; ++i) (void)co_await refcounts_->adjust(HostClusterIndex{h0.value + i}, -1);

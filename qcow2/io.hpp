@@ -23,6 +23,7 @@ using asio::awaitable;
 enum class Fallocate {
     PunchHole,  ///< Deallocate the range (reads as zeros), keep the file size.
     ZeroRange,  ///< Make the range read as zeros, keep it allocated if possible.
+    Allocate,   ///< Reserve blocks (reading as zeros) for the range, growing the file to cover it.
 };
 
 /// How the file is opened: page cache or O_DIRECT, and whether writes are synchronous.

@@ -98,9 +98,10 @@ class UringFile final : public File {
     }
 
     awaitable<Result<void>> fallocate(Fallocate mode, HostOffset off, uint64_t len) override {
-        const int flags =
-            FALLOC_FL_KEEP_SIZE |
-            (mode == Fallocate::PunchHole ? FALLOC_FL_PUNCH_HOLE : FALLOC_FL_ZERO_RANGE);
+        const int flags = mode == Fallocate::Allocate ? 0
+                          : mode == Fallocate::PunchHole
+                              ? FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
+                              : FALLOC_FL_KEEP_SIZE | FALLOC_FL_ZERO_RANGE;
         int r = co_await ring_.run(ex_, [&](io_uring_sqe* sqe) {
             io_uring_prep_fallocate(sqe, fd_, flags, static_cast<off_t>(off.value),
                                     static_cast<off_t>(len));

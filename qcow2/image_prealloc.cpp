@@ -1,0 +1,56 @@
+// Preallocation of the image file ahead of cluster allocation. New clusters are taken from the
+// end of the file; writing into them extends the file or fills holes, which file systems
+// serialise on the inode and which io_uring cannot issue without blocking. Reserving the next
+// chunk with fallocate turns those writes into overwrites of reserved (zero-reading) blocks.
+// The unused reserved tail is cut off again at clean close.
+#include <algorithm>
+#include <boost/asio/co_spawn.hpp>
+
+#include "qcow2/image.hpp"
+
+namespace qnbd::qcow2 {
+namespace {
+
+/// Bytes reserved per step: 1/16 of the virtual size, between 4 MiB and 256 MiB, in clusters.
+uint64_t chunk_for(uint64_t virtual_size, const Geometry& geo) {
+    return geo.round_up(std::clamp<uint64_t>(virtual_size / 16, 4u << 20, 256u << 20));
+}
+
+}  // namespace
+
+void Qcow2Image::maybe_preallocate(HostOffset allocated_end) {
+    if (prealloc_off_ || preallocating_ || closed_ || read_only_ || data_file_) return;
+    const uint64_t chunk = chunk_for(header_.size, geo_);
+    if (allocated_end.value + chunk / 2 <= reserved_end_) return;
+    const uint64_t from = std::max(reserved_end_, geo_.round_up(allocated_end.value));
+    preallocating_ = true;
+    asio::co_spawn(ex_, preallocate(from, chunk),
+                   [self = shared_from_this()](std::exception_ptr) {});
+}
+
+awaitable<void> Qcow2Image::preallocate(uint64_t from, uint64_t len) {
+    auto r = co_await file_->fallocate(io::Fallocate::Allocate, HostOffset{from}, len);
+    if (r) {
+        reserved_end_ = from + len;
+        preallocated_ = true;
+    } else {
+        // Unsupported, or no space left: new clusters extend the file as they are written,
+        // and a real shortage of space surfaces on those writes.
+        prealloc_off_ = true;
+    }
+    preallocating_ = false;
+    prealloc_done_.notify_all();
+}
+
+awaitable<Result<void>> Qcow2Image::trim_preallocation() {
+    while (preallocating_) co_await prealloc_done_.wait();
+    if (!preallocated_) co_return ok();
+    preallocated_ = false;
+    const uint64_t used = refcounts_->end_cluster() * geo_.cluster_size();
+    auto size = file_->size();
+    if (!size) co_return size.error();
+    if (*size <= used) co_return ok();
+    co_return file_->truncate(used);
+}
+
+}  // namespace qnbd::qcow2
