@@ -69,19 +69,32 @@ TEST_CASE("allocation: a multi-cluster write on a fresh image is one host-contig
     const std::string img = dir.file("a.qcow2");
     qemu_create(img, 64 * MiB, "");
     auto log = std::make_shared<OpLog>();
+    uint64_t size_while_open = 0;
     asio::io_context io;
     run_co(io, [&]() -> awaitable<void> {
         auto d = co_await open_recorded(img, log);
         co_await write_ok(*d, 4 * KiB, by_offset(4 * KiB, 4 * KiB));
         // 1 MiB + 8 KiB starting 4 KiB into a cluster: 17 clusters, partial at both ends.
+        // Let the preallocation the first write started finish first.
+        for (int i = 0;
+             i < 100000 && (log->count(OpKind::Fallocate) == 0 || log->ops().back().done == 0); ++i)
+            co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable);
         const uint64_t from = log->clock();
         co_await write_ok(*d, 2 * MiB + 4 * KiB, by_offset(2 * MiB + 4 * KiB, MiB + 8 * KiB));
         auto ops = log->ops_since(from);
         REQUIRE(ops.size() == 1);  // one data write, no zero fill, no metadata yet
         CHECK(ops[0].kind == OpKind::Write);
         CHECK(ops[0].length == MiB + 8 * KiB);
+        // The file was reserved ahead of the allocations (4 MiB at least).
+        size_while_open = std::filesystem::file_size(img);
         co_await close_ok(d);
     });
+    // Clean close gave the unused reserved tail back.
+    const auto end_offset =
+        json_uint(run_ok("qemu-img check --output=json " + shq(img)), "image-end-offset");
+    REQUIRE(end_offset);
+    CHECK(size_while_open >= *end_offset + 2 * MiB);
+    CHECK(std::filesystem::file_size(img) == *end_offset);
     const int64_t h0 = host_of(img, 2 * MiB);
     REQUIRE(h0 > 0);
     for (uint64_t c = 0; c < 17; ++c)
