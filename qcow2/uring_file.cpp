@@ -56,9 +56,15 @@ class UringFile final : public File {
     ~UringFile() override { ::close(fd_); }
 
     awaitable<Result<size_t>> readv(HostOffset off, std::span<const iovec> iov) override {
+        const size_t want = total(iov);
+        if (iov.size() <= IOV_MAX) {
+            // One operation over the caller's list: the common case, no copy of the list.
+            int r = co_await transfer(false, off.value, iov);
+            if (r >= 0) co_return static_cast<size_t>(r);  // short only at end of file
+            if (r != -EINTR && r != -EAGAIN) co_return errno_error(-r, "read from", path_);
+        }
         std::vector<iovec> rest(iov.begin(), iov.end());
         size_t done = 0;
-        const size_t want = total(iov);
         while (done < want) {
             const unsigned cnt = static_cast<unsigned>(std::min<size_t>(rest.size(), IOV_MAX));
             const uint64_t at = off.value + done;
@@ -79,9 +85,16 @@ class UringFile final : public File {
     }
 
     awaitable<Result<void>> writev(HostOffset off, std::span<const iovec> iov) override {
-        std::vector<iovec> rest(iov.begin(), iov.end());
-        size_t done = 0;
         const size_t want = total(iov);
+        size_t done = 0;
+        if (iov.size() <= IOV_MAX) {
+            int r = co_await transfer(true, off.value, iov);
+            if (r >= 0 && static_cast<size_t>(r) == want) co_return ok();
+            if (r < 0 && r != -EINTR && r != -EAGAIN) co_return errno_error(-r, "write to", path_);
+            if (r > 0) done = static_cast<size_t>(r);
+        }
+        std::vector<iovec> rest(iov.begin(), iov.end());
+        consume(rest, done);
         while (done < want) {
             const unsigned cnt = static_cast<unsigned>(std::min<size_t>(rest.size(), IOV_MAX));
             const uint64_t at = off.value + done;
@@ -133,6 +146,21 @@ class UringFile final : public File {
     const std::string& path() const override { return path_; }
 
   private:
+    /// One read or write of `iov` (at most IOV_MAX entries) at `at`; the CQE result.
+    awaitable<int> transfer(bool write, uint64_t at, std::span<const iovec> iov) {
+        co_return co_await ring_.run(ex_, [&](io_uring_sqe* sqe) {
+            const unsigned n = static_cast<unsigned>(iov.size());
+            if (n == 1 && write)
+                io_uring_prep_write(sqe, fd_, iov[0].iov_base, iov[0].iov_len, at);
+            else if (n == 1)
+                io_uring_prep_read(sqe, fd_, iov[0].iov_base, iov[0].iov_len, at);
+            else if (write)
+                io_uring_prep_writev(sqe, fd_, iov.data(), n, at);
+            else
+                io_uring_prep_readv(sqe, fd_, iov.data(), n, at);
+        });
+    }
+
     asio::any_io_executor ex_;
     Ring& ring_;
     int fd_;
