@@ -28,6 +28,15 @@ bool reads_as_zero(const ClusterInfo& ci, bool has_backing, bool raw_data, const
     }
 }
 
+/// Runs `tasks` concurrently and returns the first error; a single task runs inline.
+awaitable<Result<void>> run_all(asio::any_io_executor ex,
+                                std::vector<awaitable<Result<void>>> tasks) {
+    if (tasks.size() == 1) co_return co_await std::move(tasks[0]);
+    JoinSet join(ex);
+    for (auto& t : tasks) join.spawn(std::move(t));
+    co_return co_await join.wait();
+}
+
 /// Makes [off, off+len) read as zeros: fallocate, or written zeros where it is unsupported.
 awaitable<Result<void>> zero_range(io::File& f, HostOffset off, uint64_t len) {
     auto r = co_await f.fallocate(io::Fallocate::ZeroRange, off, len);
@@ -94,7 +103,8 @@ awaitable<Result<void>> Qcow2Image::write(GuestOffset off, std::span<const std::
     if (auto r = co_await check_writable(off, buf.size()); !r) co_return r;
     if (buf.empty()) co_return ok();
     std::optional<IoGuard> guard(std::in_place, *this);
-    JoinSet join(ex_);
+    // The request's I/Os, started together at the end (a single one is awaited directly).
+    std::vector<awaitable<Result<void>>> tasks;
     io::File& data = data_file_ ? *data_file_ : *file_;
     // In-place pieces are issued last, merged into one writev per run of contiguous host
     // offsets (in any guest order: a cluster range written backwards is still one write).
@@ -110,9 +120,9 @@ awaitable<Result<void>> Qcow2Image::write(GuestOffset off, std::span<const std::
     std::optional<FreshRun> fresh;
     auto flush_fresh = [&] {
         if (fresh && fresh->count == 1)
-            join.spawn(write_cluster(fresh->first, fresh->start, fresh->data));
+            tasks.push_back(write_cluster(fresh->first, fresh->start, fresh->data));
         else if (fresh)
-            join.spawn(write_run(fresh->first, fresh->count, fresh->start, fresh->data));
+            tasks.push_back(write_run(fresh->first, fresh->count, fresh->start, fresh->data));
         fresh.reset();
     };
     for (GuestOffset pos = off; pos < off + buf.size();) {
@@ -145,11 +155,11 @@ awaitable<Result<void>> Qcow2Image::write(GuestOffset off, std::span<const std::
             continue;
         }
         flush_fresh();
-        join.spawn(write_cluster(c, start, piece));
+        tasks.push_back(write_cluster(c, start, piece));
     }
     flush_fresh();
-    for (auto& r : host_runs(in_place)) join.spawn(write_pieces(data, std::move(r)));
-    auto r = co_await join.wait();
+    for (auto& r : host_runs(in_place)) tasks.push_back(write_pieces(data, std::move(r)));
+    auto r = co_await run_all(ex_, std::move(tasks));
     data_written_ = true;
     guard.reset();  // A FUA flush waits for a barrier, which may wait for this guard.
     if (!r) co_return r;
