@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "tests/unit/qemu_images.hpp"
+#include "tests/unit/reference_model.hpp"
 
 namespace {
 

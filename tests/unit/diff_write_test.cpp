@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include "tests/unit/qemu_images.hpp"
+#include "tests/unit/reference_model.hpp"
 
 namespace {
 

@@ -1,0 +1,298 @@
+// Harness of the barrier-order tests: reading an image as stored, classifying the writes of a
+// barrier by where they land, and driving images through a recording file.
+#pragma once
+
+#include <catch2/catch.hpp>
+
+#include <boost/asio/this_coro.hpp>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "qcow2/async.hpp"
+#include "qcow2/buffer.hpp"
+#include "qcow2/open.hpp"
+#include "tests/unit/recording_file.hpp"
+#include "tests/unit/test_util.hpp"
+
+namespace {
+
+using namespace qnbd;
+using test::OpKind;
+using test::OpRecord;
+
+constexpr uint64_t KiB = 1024;
+constexpr uint64_t MiB = 1024 * KiB;
+constexpr uint64_t kOffsetMask = 0x00fffffffffffe00ULL;
+
+// ---- Reading an image as stored ----
+
+uint64_t file_be(const std::string& path, uint64_t off, int bytes) {
+    std::ifstream f(path, std::ios::binary);
+    f.seekg(static_cast<std::streamoff>(off));
+    unsigned char b[8] = {};
+    f.read(reinterpret_cast<char*>(b), bytes);
+    uint64_t v = 0;
+    for (int i = 0; i < bytes; ++i) v = v << 8 | b[i];
+    return v;
+}
+
+bool dirty_bit(const std::string& path) {
+    return file_be(path, 72, 8) & 1;
+}
+
+/// Where an image's metadata is, from its header and tables as stored in the file.
+struct Layout {
+    uint32_t cluster_bits = 0;
+    uint64_t l1_off = 0, l1_size = 0;
+    uint64_t rt_off = 0, rt_clusters = 0;
+    std::set<uint64_t> l2;      ///< L2 tables (from the L1 table).
+    std::set<uint64_t> blocks;  ///< Refcount blocks (from the refcount table).
+    uint64_t cluster_size() const { return uint64_t{1} << cluster_bits; }
+};
+
+Layout read_layout(const std::string& path) {
+    const auto b = test::read_file(path);
+    auto be64 = [&](uint64_t off) { return off + 8 <= b.size() ? load_be64(b.data() + off) : 0; };
+    REQUIRE(b.size() >= 104);
+    Layout l;
+    l.cluster_bits = load_be32(b.data() + 20);
+    l.l1_size = load_be32(b.data() + 36);
+    l.l1_off = be64(40);
+    l.rt_off = be64(48);
+    l.rt_clusters = load_be32(b.data() + 56);
+    for (uint64_t i = 0; i < l.l1_size; ++i)
+        if (uint64_t e = be64(l.l1_off + i * 8) & kOffsetMask) l.l2.insert(e);
+    for (uint64_t i = 0; i < l.rt_clusters * l.cluster_size() / 8; ++i)
+        if (uint64_t e = be64(l.rt_off + i * 8) & ~uint64_t{0x1ff}) l.blocks.insert(e);
+    return l;
+}
+
+/// The on-disk L2 entry of guest cluster `c` (0 when its L2 table does not exist).
+uint64_t stored_l2_entry(const std::string& path, uint64_t c) {
+    const uint32_t bits = static_cast<uint32_t>(file_be(path, 20, 4));
+    const uint64_t per_table = (uint64_t{1} << bits) / 8;
+    const uint64_t l2 = file_be(path, file_be(path, 40, 8) + c / per_table * 8, 8) & kOffsetMask;
+    return l2 ? file_be(path, l2 + c % per_table * 8, 8) : 0;
+}
+
+// ---- Classifying the writes of a barrier ----
+
+enum class Stage { DirtyHeader, RefBlock, RefTable, MovedHeader, L2, L1, Other };
+
+const char* stage_name(Stage s) {
+    static const char* names[] = {"dirty-header", "refblock", "reftable", "moved-header",
+                                  "L2",           "L1",       "OTHER"};
+    return names[static_cast<int>(s)];
+}
+std::ostream& operator<<(std::ostream& os, Stage s) {
+    return os << stage_name(s);
+}
+
+/// Tells metadata writes apart by offset. `before`: the image before it was opened (the old
+/// refcount table); `after`: after close (every L2 table and refcount block ever used).
+struct Classifier {
+    Layout before, after;
+
+    static bool within(const OpRecord& w, uint64_t start, uint64_t len) {
+        return w.offset >= start && w.end() <= start + len;
+    }
+    Stage operator()(const OpRecord& w) const {
+        const uint64_t cs = after.cluster_size();
+        if (w.offset < cs) {
+            const uint64_t rt = w.data.size() >= 56 ? load_be64(w.data.data() + 48) : 0;
+            return rt == before.rt_off ? Stage::DirtyHeader : Stage::MovedHeader;
+        }
+        if (after.l2.count(w.offset)) return Stage::L2;
+        if (after.blocks.count(w.offset)) return Stage::RefBlock;
+        if (within(w, after.l1_off, after.l1_size * 8)) return Stage::L1;
+        if (within(w, after.rt_off, after.rt_clusters * cs) ||
+            within(w, before.rt_off, before.rt_clusters * cs))
+            return Stage::RefTable;
+        return Stage::Other;
+    }
+};
+
+/// What one flush did: its operations and the engine counters around it.
+struct Window {
+    std::vector<OpRecord> ops;
+    DiskStats before, after;
+    bool data = false;  ///< Guest data was written since the previous barrier.
+};
+
+struct Summary {
+    std::vector<Stage> stages;  ///< Non-empty stages, in barrier order.
+    std::map<Stage, std::vector<OpRecord>> writes;
+    size_t syncs = 0;
+};
+
+std::string describe(const std::vector<OpRecord>& ops, const Classifier& cls) {
+    std::ostringstream os;
+    for (const auto& op : ops) {
+        if (op.kind == OpKind::Read) continue;
+        os << op.seq << "-" << op.done << " " << test::op_name(op.kind);
+        if (op.kind == OpKind::Write)
+            os << " " << stage_name(cls(op)) << " @0x" << std::hex << op.offset << std::dec << "+"
+               << op.length;
+        if (op.error) os << " error " << op.error;
+        os << "\n";
+    }
+    return os.str();
+}
+
+/// True if some successful sync was issued after `after_done` and completed before `before_seq`.
+bool sync_between(const std::vector<const OpRecord*>& syncs, uint64_t after_done,
+                  uint64_t before_seq) {
+    for (const auto* s : syncs)
+        if (!s->error && s->seq > after_done && s->done < before_seq) return true;
+    return false;
+}
+
+/// Checks the order of one barrier's operations and returns what it contained.
+Summary check_barrier(const Window& w, const Classifier& cls) {
+    INFO("barrier operations (seq-done):\n" << describe(w.ops, cls));
+    Summary s;
+    std::vector<const OpRecord*> syncs;
+    for (const auto& op : w.ops) {
+        if (op.kind == OpKind::Sync) syncs.push_back(&op);
+        if (op.kind == OpKind::Write) s.writes[cls(op)].push_back(op);
+        CHECK(op.kind != OpKind::Fallocate);
+    }
+    s.syncs = syncs.size();
+    CHECK(s.writes[Stage::Other].empty());
+    for (const auto& h : s.writes[Stage::DirtyHeader])
+        CHECK((load_be64(h.data.data() + 72) & 1) == 1);
+    for (auto st : {Stage::DirtyHeader, Stage::RefBlock, Stage::RefTable, Stage::MovedHeader,
+                    Stage::L2, Stage::L1})
+        if (!s.writes[st].empty()) s.stages.push_back(st);
+    auto first_seq = [&](Stage st) {  // the first issue of a stage's writes
+        uint64_t v = UINT64_MAX;
+        for (const auto& op : s.writes[st]) v = std::min(v, op.seq);
+        return v;
+    };
+    auto last_done = [&](Stage st) {  // the last completion of a stage's writes
+        uint64_t v = 0;
+        for (const auto& op : s.writes[st]) v = std::max(v, op.done);
+        return v;
+    };
+    for (size_t i = 0; i < s.stages.size(); ++i) {
+        const bool last = i + 1 == s.stages.size();
+        INFO(stage_name(s.stages[i]) << " -> " << (last ? "end" : stage_name(s.stages[i + 1])));
+        CHECK(sync_between(syncs, last_done(s.stages[i]),
+                           last ? UINT64_MAX : first_seq(s.stages[i + 1])));
+    }
+    // Data written before the barrier must be durable before any table can point to it.
+    const bool merges =
+        !s.stages.empty() && (s.stages[0] == Stage::DirtyHeader || s.stages[0] == Stage::RefBlock);
+    if (w.data && !s.stages.empty() && !merges)
+        CHECK(sync_between(syncs, 0, first_seq(s.stages[0])));
+    const size_t need =
+        s.stages.empty() ? (w.data ? 1 : 0) : s.stages.size() + (w.data && !merges ? 1 : 0);
+    CHECK(s.syncs == need);
+    // The engine's counters agree with what reached the file.
+    size_t writes = 0;
+    for (const auto& [st, v] : s.writes) writes += v.size();
+    CHECK(w.after.barriers - w.before.barriers == 1);
+    CHECK(w.after.syncs - w.before.syncs == s.syncs);
+    CHECK(w.after.metadata_writes - w.before.metadata_writes == writes);
+    return s;
+}
+
+// ---- Driving images ----
+
+void qemu_create(const std::string& path, const std::string& opts, uint64_t size) {
+    test::sh_output("qemu-img create -q -f qcow2 " + (opts.empty() ? "" : "-o " + opts + " ") +
+                    path + " " + std::to_string(size) + " 2>&1");
+}
+
+/// `qemu-img check`: its exit status (0 clean, 2 corrupt, 3 leaks only) and its output.
+std::pair<int, std::string> qemu_check(const std::string& path) {
+    auto out = test::sh_output("qemu-img check " + path + " 2>&1; echo \"rc=$?\"");
+    return {std::stoi(out.substr(out.rfind("rc=") + 3)), out.substr(0, 4000)};
+}
+
+void require_clean(const std::string& path) {
+    const auto [rc, out] = qemu_check(path);
+    INFO(out);
+    REQUIRE(rc == 0);
+    CHECK_THAT(out, Catch::Contains("No errors were found"));
+}
+
+/// qemu-io confirms that [off, off+len) reads as `pattern`.
+void require_pattern(const std::string& path, uint64_t off, uint64_t len, int pattern) {
+    const std::string n = std::to_string(len);
+    const auto out =
+        test::sh_output("qemu-io -r -f qcow2 -c 'read -P " + std::to_string(pattern) + " " +
+                        std::to_string(off) + " " + n + "' " + path + " 2>&1; true");
+    INFO("offset " << off << " length " << len << " pattern " << pattern << "\n" << out);
+    CHECK_THAT(out, !Catch::Contains("failed") && Catch::Contains("read " + n + "/" + n));
+}
+
+struct Expect {
+    uint64_t off, len;
+    int pattern;
+};
+void require_patterns(const std::string& path, std::initializer_list<Expect> want) {
+    for (const auto& e : want) require_pattern(path, e.off, e.len, e.pattern);
+}
+
+/// An image made by qemu-img, opened through a recording file.
+struct Session {
+    test::TempDir dir;
+    std::string path = dir.file("img.qcow2");
+    asio::io_context ctx;
+    std::shared_ptr<test::OpLog> log = std::make_shared<test::OpLog>();
+    /// Large enough that no background barrier starts while a test writes.
+    uint64_t cache_bytes = 64 * MiB;
+
+    Session(const std::string& opts, uint64_t size) {
+        qemu_create(path, opts, size);
+        log->set_record_data(true);
+    }
+    template <class F>
+    void run(F body) {
+        test::run(ctx, body());
+    }
+    awaitable<std::shared_ptr<Disk>> open(std::string p = "") {
+        OpenOptions o;
+        o.file_opener = test::recording_opener(log);
+        o.metadata_cache_bytes = cache_bytes;
+        auto d = co_await open_disk(co_await asio::this_coro::executor, p.empty() ? path : p, o);
+        if (!d) FAIL("open_disk failed: " << d.error().message);
+        co_return std::move(*d);
+    }
+};
+
+awaitable<Result<void>> write_byte(Disk& d, uint64_t off, uint64_t len, int byte) {
+    Buffer b(len);
+    std::memset(b.data(), byte, len);
+    co_return co_await d.write(GuestOffset{off}, b.span(), WriteFlags{});
+}
+
+awaitable<void> write_ok(Disk& d, uint64_t off, uint64_t len, int byte) {
+    auto r = co_await write_byte(d, off, len, byte);
+    if (!r) FAIL("write at " << off << " failed: " << r.error().message);
+}
+
+awaitable<Window> flush_window(Disk& d, test::OpLog& log, bool data) {
+    Window w;
+    w.data = data;
+    w.before = d.stats();
+    const uint64_t from = log.clock();
+    auto r = co_await d.flush();
+    if (!r) FAIL("flush failed: " << r.error().message);
+    w.after = d.stats();
+    w.ops = log.ops_since(from);
+    co_return w;
+}
+
+awaitable<void> close_ok(Disk& d) {
+    auto r = co_await d.close();
+    if (!r) FAIL("close failed: " << r.error().message);
+}
+
+using Stages = std::vector<Stage>;
+
+}  // namespace
