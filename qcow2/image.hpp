@@ -38,6 +38,9 @@ struct HostPiece {
 /// order inside a run may be anything), each at most IOV_MAX pieces: one readv/writev per run.
 std::vector<std::vector<HostPiece>> host_runs(std::vector<HostPiece>& pieces);
 
+/// The scatter list of one run of host_runs(), in host order.
+std::vector<iovec> run_iovecs(const std::vector<HostPiece>& run);
+
 /// Reads one run of host_runs() with a single readv; bytes past the end of the file read as
 /// zeros.
 awaitable<Result<void>> read_run(io::File& f, std::vector<HostPiece> run);

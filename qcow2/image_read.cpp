@@ -64,11 +64,16 @@ std::vector<std::vector<HostPiece>> host_runs(std::vector<HostPiece>& pieces) {
     return runs;
 }
 
-awaitable<Result<void>> read_run(io::File& f, std::vector<HostPiece> run) {
-    if (run.size() == 1) co_return co_await f.read_zero_padded(run[0].host, run[0].bytes);
+std::vector<iovec> run_iovecs(const std::vector<HostPiece>& run) {
     std::vector<iovec> iov;
     iov.reserve(run.size());
     for (const HostPiece& p : run) iov.push_back(iovec{p.bytes.data(), p.bytes.size()});
+    return iov;
+}
+
+awaitable<Result<void>> read_run(io::File& f, std::vector<HostPiece> run) {
+    if (run.size() == 1) co_return co_await f.read_zero_padded(run[0].host, run[0].bytes);
+    const auto iov = run_iovecs(run);
     auto n = co_await f.readv(run[0].host, iov);
     if (!n) co_return n.error();
     // Past the end of the file reads as zeros.

@@ -50,13 +50,12 @@ awaitable<Result<void>> zero_range(io::File& f, HostOffset off, uint64_t len) {
 awaitable<Result<void>> write_zero_padded(asio::any_io_executor ex, io::File& f, HostOffset host,
                                           uint64_t ws, uint64_t we, uint64_t start,
                                           std::span<const std::byte> data, bool fresh) {
-    if (fresh) co_return co_await f.write(host + start, data);
-    JoinSet join(ex);
-    join.spawn(f.write(host + start, data));
+    std::vector<awaitable<Result<void>>> tasks;
+    tasks.push_back(f.write(host + start, data));
     const uint64_t end = start + data.size();
-    if (start > ws) join.spawn(zero_range(f, host + ws, start - ws));
-    if (we > end) join.spawn(zero_range(f, host + end, we - end));
-    co_return co_await join.wait();
+    if (!fresh && start > ws) tasks.push_back(zero_range(f, host + ws, start - ws));
+    if (!fresh && we > end) tasks.push_back(zero_range(f, host + end, we - end));
+    co_return co_await run_all(ex, std::move(tasks));
 }
 
 }  // namespace
@@ -265,9 +264,7 @@ awaitable<Result<void>> Qcow2Image::write_allocating(ClusterIndex c, const Clust
 
 awaitable<Result<void>> write_pieces(io::File& f, std::vector<HostPiece> run) {
     if (run.size() == 1) co_return co_await f.write(run[0].host, run[0].bytes);
-    std::vector<iovec> iov;
-    iov.reserve(run.size());
-    for (const HostPiece& p : run) iov.push_back(iovec{p.bytes.data(), p.bytes.size()});
+    const auto iov = run_iovecs(run);
     co_return co_await f.writev(run[0].host, iov);
 }
 
@@ -294,14 +291,15 @@ awaitable<Result<void>> Qcow2Image::write_run(ClusterIndex first, uint64_t n, ui
     if (!still_fresh) {
         // A concurrent request changed a cluster meanwhile: write cluster by cluster.
         locks.clear();
-        JoinSet join(ex_);
+        std::vector<awaitable<Result<void>>> tasks;
         for (uint64_t i = 0, pos = 0; i < n; ++i) {
             const uint64_t from = i == 0 ? start : 0;
             const uint64_t len = std::min(cs - from, data.size() - pos);
-            join.spawn(write_cluster(ClusterIndex{first.value + i}, from, data.subspan(pos, len)));
+            tasks.push_back(
+                write_cluster(ClusterIndex{first.value + i}, from, data.subspan(pos, len)));
             pos += len;
         }
-        co_return co_await join.wait();
+        co_return co_await run_all(ex_, std::move(tasks));
     }
     bool fresh = false;
     auto h = co_await refcounts_->allocate(n, fresh);

@@ -44,9 +44,6 @@ class Ring : public asio::execution_context::service {
             asio::use_awaitable);
     }
 
-    /// Operations submitted and not yet completed.
-    size_t in_flight() const { return in_flight_; }
-
   private:
     /// One submitted operation: its completion handler, resumed with the CQE's result.
     struct Op {
