@@ -5,8 +5,8 @@
 #include <span>
 #include <vector>
 
+#include "base/result.hpp"
 #include "qcow2/header.hpp"
-#include "qcow2/result.hpp"
 
 namespace qnbd::qcow2 {
 

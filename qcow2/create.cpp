@@ -13,7 +13,7 @@
 #include <filesystem>
 #include <vector>
 
-#include "qcow2/buffer.hpp"
+#include "base/buffer.hpp"
 #include "qcow2/refcount_codec.hpp"
 
 namespace qnbd::qcow2 {

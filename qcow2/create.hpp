@@ -4,8 +4,8 @@
 #include <cstdint>
 #include <string>
 
+#include "base/result.hpp"
 #include "qcow2/header.hpp"
-#include "qcow2/result.hpp"
 
 namespace qnbd::qcow2 {
 

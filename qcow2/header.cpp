@@ -2,14 +2,14 @@
 // in-place patching of the fixed fields, and parsing of the snapshot table. The extension area
 // and building new headers live in header_extensions.cpp.
 #include "qcow2/header.hpp"
-#include "qcow2/hex.hpp"
+#include "base/hex.hpp"
 
 #include <algorithm>
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
 
-#include "qcow2/buffer.hpp"
+#include "base/buffer.hpp"
 
 namespace qnbd::qcow2 {
 namespace {

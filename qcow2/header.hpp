@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "qcow2/result.hpp"
-#include "qcow2/types.hpp"
+#include "base/result.hpp"
+#include "base/types.hpp"
 
 namespace qnbd::qcow2 {
 

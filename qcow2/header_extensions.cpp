@@ -6,9 +6,9 @@
 #include <cstring>
 #include <set>
 
-#include "qcow2/buffer.hpp"
+#include "base/buffer.hpp"
+#include "base/hex.hpp"
 #include "qcow2/header.hpp"
-#include "qcow2/hex.hpp"
 
 namespace qnbd::qcow2 {
 namespace {

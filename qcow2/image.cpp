@@ -7,14 +7,14 @@ namespace qnbd::qcow2 {
 namespace {
 
 /// Default metadata cache: enough L2 tables for the whole disk, capped at 128 MiB.
-uint64_t l2_budget(const Header& h, const OpenOptions& o) {
+uint64_t l2_budget(const Header& h, const EngineOptions& o) {
     const uint64_t cs = h.cluster_size();
     if (o.metadata_cache_bytes) return std::max<uint64_t>(o.metadata_cache_bytes * 4 / 5, 4 * cs);
     const uint64_t need = uint64_t{h.l1_size} * cs;
     return std::clamp<uint64_t>(need, 4 * cs, std::max<uint64_t>(128u << 20, 4 * cs));
 }
 
-uint64_t refcount_budget(const Header& h, const OpenOptions& o) {
+uint64_t refcount_budget(const Header& h, const EngineOptions& o) {
     const uint64_t cs = h.cluster_size();
     if (o.metadata_cache_bytes) return std::max<uint64_t>(o.metadata_cache_bytes / 5, 4 * cs);
     return std::max<uint64_t>(l2_budget(h, o) / 4, 4 * cs);

@@ -10,13 +10,12 @@
 #include <unordered_map>
 #include <vector>
 
-#include "qcow2/async.hpp"
-#include "qcow2/disk.hpp"
+#include "base/async.hpp"
+#include "disk/disk.hpp"
+#include "io/file.hpp"
 #include "qcow2/header.hpp"
-#include "qcow2/io.hpp"
 #include "qcow2/l2_entry.hpp"
 #include "qcow2/metadata_cache.hpp"
-#include "qcow2/open.hpp"
 #include "qcow2/refcounts.hpp"
 
 namespace qnbd::qcow2 {
@@ -48,6 +47,13 @@ awaitable<Result<void>> read_run(io::File& f, std::vector<HostPiece> run);
 /// Writes one run of host_runs() with a single writev.
 awaitable<Result<void>> write_pieces(io::File& f, std::vector<HostPiece> run);
 
+/// How the engine serves an image (set by the opener from the user's options).
+struct EngineOptions {
+    bool read_only = false;
+    bool writethrough = false;          ///< Every write is durable before it completes.
+    uint64_t metadata_cache_bytes = 0;  ///< L2 + refcount cache budget; 0 picks the default.
+};
+
 /// Everything needed to construct an image once its files are open and validated.
 struct ImageParts {
     asio::any_io_executor ex;
@@ -59,7 +65,7 @@ struct ImageParts {
     std::vector<uint64_t> l1;
     std::vector<uint64_t> reftable;
     uint64_t file_size = 0;
-    OpenOptions opts;
+    EngineOptions opts;
 };
 
 class Qcow2Image;
@@ -175,7 +181,7 @@ class Qcow2Image final : public Disk, public std::enable_shared_from_this<Qcow2I
     Buffer header_bytes_;
     Geometry geo_;
     EntryFormat fmt_;
-    OpenOptions opts_;
+    EngineOptions opts_;
     bool read_only_;
     DiskStats stats_;
 

@@ -1,7 +1,7 @@
 // Guest-to-host mapping: L1/L2 lookups and the plan of a guest range as segments.
 #include <cstdio>
 
-#include "qcow2/hex.hpp"
+#include "base/hex.hpp"
 #include "qcow2/image.hpp"
 
 namespace qnbd::qcow2 {

@@ -1,5 +1,5 @@
 #include "qcow2/l2_entry.hpp"
-#include "qcow2/hex.hpp"
+#include "base/hex.hpp"
 
 #include <cstdio>
 

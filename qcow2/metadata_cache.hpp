@@ -10,10 +10,10 @@
 #include <unordered_map>
 #include <vector>
 
-#include "qcow2/async.hpp"
-#include "qcow2/buffer.hpp"
-#include "qcow2/disk.hpp"
-#include "qcow2/io.hpp"
+#include "base/async.hpp"
+#include "base/buffer.hpp"
+#include "disk/disk.hpp"
+#include "io/file.hpp"
 
 namespace qnbd::qcow2 {
 

@@ -4,7 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "qcow2/buffer.hpp"
+#include "base/buffer.hpp"
 
 namespace qnbd::qcow2 {
 

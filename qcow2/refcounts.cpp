@@ -1,5 +1,5 @@
 #include "qcow2/refcounts.hpp"
-#include "qcow2/hex.hpp"
+#include "base/hex.hpp"
 
 #include <algorithm>
 #include <cstdio>

@@ -8,7 +8,7 @@
 #include <set>
 #include <vector>
 
-#include "qcow2/async.hpp"
+#include "base/async.hpp"
 #include "qcow2/metadata_cache.hpp"
 #include "qcow2/refcount_codec.hpp"
 

@@ -5,7 +5,7 @@
 #include <optional>
 #include <string>
 
-#include "qcow2/open.hpp"
+#include "image/open.hpp"
 
 namespace qnbd::server {
 

@@ -9,10 +9,10 @@
 #include <string>
 #include <vector>
 
+#include "base/async.hpp"
+#include "base/buffer.hpp"
 #include "protocol/meta_context.hpp"
 #include "protocol/validate.hpp"
-#include "qcow2/async.hpp"
-#include "qcow2/buffer.hpp"
 #include "server/export.hpp"
 #include "server/transport.hpp"
 

@@ -6,9 +6,9 @@
 #include <memory>
 #include <string>
 
+#include "disk/disk.hpp"
 #include "protocol/handshake.hpp"
 #include "protocol/meta_context.hpp"
-#include "qcow2/disk.hpp"
 #include "server/config.hpp"
 
 namespace qnbd::server {

@@ -6,7 +6,7 @@
 #include <string>
 #include <thread>
 
-#include "qcow2/result.hpp"
+#include "base/result.hpp"
 
 namespace qnbd::server {
 

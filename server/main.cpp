@@ -12,12 +12,12 @@
 #include <filesystem>
 #include <fstream>
 
+#include "disk/window_disk.hpp"
+#include "image/open.hpp"
 #include "qcow2/create.hpp"
-#include "qcow2/open.hpp"
 #include "server/cli.hpp"
 #include "server/kernel.hpp"
 #include "server/server.hpp"
-#include "server/window_disk.hpp"
 
 namespace qnbd::server {
 namespace {

@@ -4,8 +4,8 @@
 
 #include <cstring>
 
+#include "base/buffer.hpp"
 #include "protocol/errors.hpp"
-#include "qcow2/buffer.hpp"
 
 namespace qnbd::server {
 

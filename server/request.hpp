@@ -4,8 +4,8 @@
 #include <string>
 #include <vector>
 
+#include "base/buffer.hpp"
 #include "protocol/transmission.hpp"
-#include "qcow2/buffer.hpp"
 #include "server/connection.hpp"
 
 namespace qnbd::server {

@@ -9,7 +9,7 @@
 #include <optional>
 #include <set>
 
-#include "qcow2/async.hpp"
+#include "base/async.hpp"
 #include "server/config.hpp"
 #include "server/connection.hpp"
 #include "server/export.hpp"

@@ -10,10 +10,10 @@
 #include <list>
 #include <random>
 
-#include "qcow2/aligned_file.hpp"
-#include "qcow2/async.hpp"
-#include "qcow2/buffer.hpp"
-#include "qcow2/io.hpp"
+#include "base/async.hpp"
+#include "base/buffer.hpp"
+#include "io/aligned_file.hpp"
+#include "io/file.hpp"
 #include "tests/unit/test_util.hpp"
 
 namespace {

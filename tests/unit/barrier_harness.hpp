@@ -11,9 +11,9 @@
 #include <set>
 #include <sstream>
 
-#include "qcow2/async.hpp"
-#include "qcow2/buffer.hpp"
-#include "qcow2/open.hpp"
+#include "base/async.hpp"
+#include "base/buffer.hpp"
+#include "image/open.hpp"
 #include "tests/unit/recording_file.hpp"
 #include "tests/unit/test_util.hpp"
 

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "qcow2/buffer.hpp"
+#include "base/buffer.hpp"
 #include "qcow2/header.hpp"
 #include "tests/unit/test_util.hpp"
 

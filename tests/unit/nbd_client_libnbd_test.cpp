@@ -31,12 +31,13 @@ constexpr uint64_t kMiB = 1 << 20;
 
 /// A qnbd server on a unix socket in a temporary directory, stopped with SIGTERM.
 class Server {
-public:
+  public:
     explicit Server(std::vector<std::string> extra = {}) {
         image_ = dir_.file("disk.qcow2");
         socket_ = dir_.file("nbd.sock");
         log_ = dir_.file("qnbd.log");
-        REQUIRE(qnbd::test::sh(std::string("'") + QNBD_BINARY + "' create '" + image_ + "' 64M >/dev/null") == 0);
+        REQUIRE(qnbd::test::sh(std::string("'") + QNBD_BINARY + "' create '" + image_ +
+                               "' 64M >/dev/null") == 0);
         std::vector<std::string> args = {QNBD_BINARY, "-t", "-e", "0", "-k", socket_};
         args.insert(args.end(), extra.begin(), extra.end());
         args.push_back(image_);
@@ -90,7 +91,7 @@ public:
     }
     const std::string& image() const { return image_; }
 
-private:
+  private:
     TempDir dir_;
     std::string image_, socket_, log_;
     pid_t pid_ = -1;
@@ -107,8 +108,10 @@ std::vector<char> pattern(size_t n, unsigned seed) {
 }
 
 int count_chunk(void* user, const void*, size_t, uint64_t, unsigned status, int*) {
-    if (status == LIBNBD_READ_DATA) ++*static_cast<int*>(user);
-    else *static_cast<int*>(user) += 1000;
+    if (status == LIBNBD_READ_DATA)
+        ++*static_cast<int*>(user);
+    else
+        *static_cast<int*>(user) += 1000;
     return 0;
 }
 
@@ -124,7 +127,8 @@ struct Extents {
 
 int collect_extents(void* user, const char* context, uint64_t, uint32_t* entries, size_t n, int*) {
     auto* e = static_cast<Extents*>(user);
-    if (std::strcmp(context, LIBNBD_CONTEXT_BASE_ALLOCATION) == 0) e->base.assign(entries, entries + n);
+    if (std::strcmp(context, LIBNBD_CONTEXT_BASE_ALLOCATION) == 0)
+        e->base.assign(entries, entries + n);
     return 0;
 }
 
@@ -166,7 +170,8 @@ TEST_CASE("libnbd C API: handshake facts", "[nbd_client][libnbd]") {
 
 TEST_CASE("libnbd C API: every command, data verified", "[nbd_client][libnbd]") {
     Server s({"--discard=unmap"});
-    nbd_handle* h = s.connect([](nbd_handle* h) { nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION); });
+    nbd_handle* h =
+        s.connect([](nbd_handle* h) { nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION); });
     Closer closer{h};
     auto d = pattern(2 * kMiB, 1);
     REQUIRE(nbd_pwrite(h, d.data(), d.size(), 0, 0) == 0);
@@ -225,7 +230,8 @@ TEST_CASE("libnbd C API: 256 asynchronous requests in flight", "[nbd_client][lib
     for (int64_t c : cookies) CHECK(nbd_aio_command_completed(h, c) == 1);
     cookies.clear();
     for (size_t i = 0; i < n; ++i) {
-        int64_t c = nbd_aio_pread(h, bufs[i].data(), len, (n - 1 - i) * len, NBD_NULL_COMPLETION, 0);
+        int64_t c =
+            nbd_aio_pread(h, bufs[i].data(), len, (n - 1 - i) * len, NBD_NULL_COMPLETION, 0);
         REQUIRE(c > 0);
         cookies.push_back(c);
     }

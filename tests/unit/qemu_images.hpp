@@ -26,8 +26,8 @@
 #include <string>
 #include <vector>
 
-#include "qcow2/disk.hpp"
-#include "qcow2/open.hpp"
+#include "disk/disk.hpp"
+#include "image/open.hpp"
 #include "tests/unit/test_util.hpp"
 
 namespace qnbd::difftest {

@@ -24,7 +24,7 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
-#include "qcow2/io.hpp"
+#include "io/file.hpp"
 
 namespace qnbd::test {
 

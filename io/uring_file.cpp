@@ -1,5 +1,5 @@
 // File over io_uring: every read, write, fallocate and fdatasync is one operation on the
-// io_context's ring (qcow2/uring.hpp), so any number of them run at once on one file.
+// io_context's ring (io/uring.hpp), so any number of them run at once on one file.
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <sys/stat.h>
@@ -11,19 +11,10 @@
 #include <system_error>
 #include <vector>
 
-#include "qcow2/aligned_file.hpp"
-#include "qcow2/buffer.hpp"
-#include "qcow2/io.hpp"
-#include "qcow2/uring.hpp"
-
-namespace qnbd {
-
-const std::byte* zero_page() {
-    static const Buffer page(kZeroPageSize);
-    return page.data();
-}
-
-}  // namespace qnbd
+#include "base/buffer.hpp"
+#include "io/aligned_file.hpp"
+#include "io/file.hpp"
+#include "io/uring.hpp"
 
 namespace qnbd::io {
 namespace {
@@ -169,23 +160,6 @@ class UringFile final : public File {
 };
 
 }  // namespace
-
-awaitable<Result<size_t>> File::read(HostOffset off, std::span<std::byte> buf) {
-    iovec v{buf.data(), buf.size()};
-    co_return co_await readv(off, std::span<const iovec>(&v, 1));
-}
-
-awaitable<Result<void>> File::read_zero_padded(HostOffset off, std::span<std::byte> buf) {
-    auto n = co_await read(off, buf);
-    if (!n) co_return n.error();
-    if (*n < buf.size()) std::memset(buf.data() + *n, 0, buf.size() - *n);
-    co_return ok();
-}
-
-awaitable<Result<void>> File::write(HostOffset off, std::span<const std::byte> buf) {
-    iovec v{const_cast<std::byte*>(buf.data()), buf.size()};
-    co_return co_await writev(off, std::span<const iovec>(&v, 1));
-}
 
 Result<std::unique_ptr<File>> open_file(asio::any_io_executor ex, const std::string& path,
                                         OpenFlags flags) {

@@ -16,7 +16,7 @@
 #include <optional>
 #include <vector>
 
-#include "qcow2/result.hpp"
+#include "base/result.hpp"
 
 namespace qnbd {
 

@@ -1,7 +1,7 @@
 // The O_DIRECT adapter (see aligned_file.hpp): fast path for aligned requests, bounce buffers
 // for the others, block-granular write claims that serialise read-modify-writes, and trimming
 // of the zeros an RMW at the end of the file writes past the exact end.
-#include "qcow2/aligned_file.hpp"
+#include "io/aligned_file.hpp"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -16,8 +16,8 @@
 #include <optional>
 #include <utility>
 
-#include "qcow2/async.hpp"
-#include "qcow2/buffer.hpp"
+#include "base/async.hpp"
+#include "base/buffer.hpp"
 
 namespace qnbd::io {
 namespace {

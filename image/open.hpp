@@ -7,9 +7,9 @@
 #include <memory>
 #include <string>
 
-#include "qcow2/disk.hpp"
-#include "qcow2/io.hpp"
-#include "qcow2/result.hpp"
+#include "base/result.hpp"
+#include "disk/disk.hpp"
+#include "io/file.hpp"
 
 namespace qnbd {
 
@@ -24,9 +24,7 @@ struct OpenOptions {
     uint64_t metadata_cache_bytes = 0;  ///< L2 + refcount cache budget; 0 picks the default.
     /// Opens every file of the image (image, data file, backing files). Defaults to
     /// io::open_file (io_uring); tests pass recording or fault-injecting files here.
-    std::function<Result<std::unique_ptr<io::File>>(asio::any_io_executor, const std::string&,
-                                                    io::OpenFlags)>
-        file_opener;
+    io::FileOpener file_opener;
 };
 
 /// Opens `path` on executor `ex`. Validates everything before trusting it; a damaged image is

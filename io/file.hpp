@@ -7,12 +7,13 @@
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
 
-#include "qcow2/result.hpp"
-#include "qcow2/types.hpp"
+#include "base/result.hpp"
+#include "base/types.hpp"
 
 namespace qnbd::io {
 
@@ -61,6 +62,11 @@ class File {
     /// Writes one buffer.
     awaitable<Result<void>> write(HostOffset off, std::span<const std::byte> buf);
 };
+
+/// Opens one file of an image. io::open_file in production; tests substitute recording or
+/// fault-injecting files through it.
+using FileOpener = std::function<Result<std::unique_ptr<File>>(asio::any_io_executor,
+                                                               const std::string&, OpenFlags)>;
 
 /// Opens `path` for asynchronous I/O on the io_uring of `ex`'s io_context (fdatasync and
 /// fallocate included, so the reactor thread never blocks).

@@ -3,8 +3,8 @@
 
 #include <memory>
 
-#include "qcow2/disk.hpp"
-#include "qcow2/io.hpp"
+#include "disk/disk.hpp"
+#include "io/file.hpp"
 
 namespace qnbd {
 

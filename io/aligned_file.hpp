@@ -23,7 +23,7 @@
 #include <cstddef>
 #include <memory>
 
-#include "qcow2/io.hpp"
+#include "io/file.hpp"
 
 namespace qnbd::io {
 

@@ -1,14 +1,14 @@
 // open_disk: format detection, validation, backing chains and external data files.
-#include "qcow2/open.hpp"
-#include "qcow2/hex.hpp"
+#include "image/open.hpp"
+#include "base/hex.hpp"
 
 #include <cstdio>
 #include <filesystem>
 #include <set>
 
-#include "qcow2/buffer.hpp"
+#include "base/buffer.hpp"
+#include "disk/raw_disk.hpp"
 #include "qcow2/image.hpp"
-#include "qcow2/raw_disk.hpp"
 
 namespace qnbd {
 namespace {
@@ -145,16 +145,17 @@ awaitable<Result<std::shared_ptr<Disk>>> open_qcow2(asio::any_io_executor ex,
     if (!backing) co_return backing.error();
     Buffer header_bytes(std::min<uint64_t>(h->cluster_size(), head.size()));
     std::memcpy(header_bytes.data(), head.data(), header_bytes.size());
-    qcow2::ImageParts parts{ex,
-                            std::move(file),
-                            std::move(*data),
-                            std::move(*backing),
-                            std::move(*h),
-                            std::move(header_bytes),
-                            std::move(*l1),
-                            std::move(*rt),
-                            file_size,
-                            opts};
+    qcow2::ImageParts parts{
+        ex,
+        std::move(file),
+        std::move(*data),
+        std::move(*backing),
+        std::move(*h),
+        std::move(header_bytes),
+        std::move(*l1),
+        std::move(*rt),
+        file_size,
+        qcow2::EngineOptions{opts.read_only, opts.writethrough, opts.metadata_cache_bytes}};
     auto img = co_await qcow2::Qcow2Image::create(std::move(parts));
     if (!img) co_return img.error();
     co_return std::shared_ptr<Disk>(*img);

@@ -1,11 +1,11 @@
-#include "qcow2/raw_disk.hpp"
+#include "disk/raw_disk.hpp"
 
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <cstring>
 
-#include "qcow2/buffer.hpp"
+#include "base/buffer.hpp"
 
 namespace qnbd {
 namespace {

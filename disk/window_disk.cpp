@@ -1,6 +1,6 @@
-#include "server/window_disk.hpp"
+#include "disk/window_disk.hpp"
 
-namespace qnbd::server {
+namespace qnbd {
 namespace {
 
 class WindowDisk final : public Disk {
@@ -43,4 +43,4 @@ std::shared_ptr<Disk> make_window_disk(std::shared_ptr<Disk> inner, uint64_t off
     return std::make_shared<WindowDisk>(std::move(inner), offset);
 }
 
-}  // namespace qnbd::server
+}  // namespace qnbd

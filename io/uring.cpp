@@ -1,5 +1,5 @@
 // The per-io_context io_uring: batched submission, completions through the reactor.
-#include "qcow2/uring.hpp"
+#include "io/uring.hpp"
 
 #include <boost/asio/execution/context.hpp>
 #include <boost/asio/post.hpp>

@@ -3,11 +3,11 @@
 
 #include <memory>
 
-#include "qcow2/disk.hpp"
+#include "disk/disk.hpp"
 
-namespace qnbd::server {
+namespace qnbd {
 
 /// Wraps `inner` so that guest offset 0 is `offset` of `inner`.
 std::shared_ptr<Disk> make_window_disk(std::shared_ptr<Disk> inner, uint64_t offset);
 
-}  // namespace qnbd::server
+}  // namespace qnbd
