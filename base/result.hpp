@@ -7,6 +7,8 @@
 #include <utility>
 #include <variant>
 
+#include "base/expected.hpp"
+
 namespace qnbd {
 
 /// An error: a POSIX errno (mapped to an NBD error in one place) and a message for the log.
@@ -15,34 +17,13 @@ struct Error {
     std::string message;  ///< One line naming what went wrong.
 };
 
-/// Builds an Error from an errno and a message.
-inline Error make_error(int code, std::string message) {
-    return Error{code, std::move(message)};
-}
-
 /// A value of type T or an Error.
 template <class T>
-class [[nodiscard]] Result {
+class [[nodiscard]] Result : public Expected<T, Error> {
   public:
+    using Expected<T, Error>::Expected;
     /// An error placeholder (asio needs default-constructible results).
-    Result() : v_(std::in_place_index<1>, Error{EIO, "no result"}) {}
-    Result(T value) : v_(std::in_place_index<0>, std::move(value)) {}
-    Result(Error error) : v_(std::in_place_index<1>, std::move(error)) {}
-
-    bool has_value() const { return v_.index() == 0; }
-    explicit operator bool() const { return has_value(); }
-    T& value() & { return std::get<0>(v_); }
-    const T& value() const& { return std::get<0>(v_); }
-    T&& value() && { return std::get<0>(std::move(v_)); }
-    T& operator*() & { return value(); }
-    const T& operator*() const& { return value(); }
-    T* operator->() { return &value(); }
-    const T* operator->() const { return &value(); }
-    const Error& error() const& { return std::get<1>(v_); }
-    Error&& error() && { return std::get<1>(std::move(v_)); }
-
-  private:
-    std::variant<T, Error> v_;
+    Result() : Expected<T, Error>(Error{EIO, "no result"}) {}
 };
 
 /// Result<void>: success or an Error.

@@ -1,5 +1,5 @@
-// Strong integer types for the two address spaces of a qcow2 image: guest offsets (what the
-// client sees) and host offsets (positions in the image or data file). They never mix implicitly.
+// Strong integer types: byte offsets and cluster indices of the guest and host address spaces,
+// and cluster counts. Values of different spaces never mix implicitly.
 #pragma once
 
 #include <compare>
@@ -8,49 +8,58 @@
 
 namespace qnbd {
 
-/// A uint64_t tagged with what it means; arithmetic with plain byte counts only.
-template <class Tag>
-struct Offset {
+/// A number of clusters (guest or host): the distance between two cluster indices.
+struct ClusterCount {
+    uint64_t value = 0;
+    constexpr ClusterCount() = default;
+    constexpr explicit ClusterCount(uint64_t v) : value(v) {}
+    constexpr auto operator<=>(const ClusterCount&) const = default;
+};
+
+/// A position in one address space, tagged with what it means: it moves by `Step` (a byte
+/// count for offsets, a ClusterCount for cluster indices) and two positions differ by a Step.
+/// Positions of different spaces never mix.
+template <class Tag, class Step>
+struct Position {
     uint64_t value = 0;
 
-    constexpr Offset() = default;
-    constexpr explicit Offset(uint64_t v) : value(v) {}
-    constexpr auto operator<=>(const Offset&) const = default;
-    constexpr Offset operator+(uint64_t n) const { return Offset{value + n}; }
-    constexpr Offset operator-(uint64_t n) const { return Offset{value - n}; }
-    constexpr Offset& operator+=(uint64_t n) {
-        value += n;
+    constexpr Position() = default;
+    constexpr explicit Position(uint64_t v) : value(v) {}
+    constexpr auto operator<=>(const Position&) const = default;
+    constexpr Position operator+(Step n) const { return Position{value + raw(n)}; }
+    constexpr Position operator-(Step n) const { return Position{value - raw(n)}; }
+    constexpr Position& operator+=(Step n) {
+        value += raw(n);
         return *this;
     }
-    /// Distance in bytes from `o` up to this offset.
-    constexpr uint64_t operator-(Offset o) const { return value - o.value; }
+    constexpr Position& operator++() {
+        ++value;
+        return *this;
+    }
+    /// The distance from `o` up to this position.
+    constexpr Step operator-(Position o) const { return Step{value - o.value}; }
+
+  private:
+    static constexpr uint64_t raw(uint64_t n) { return n; }
+    static constexpr uint64_t raw(ClusterCount n) { return n.value; }
 };
 
 struct GuestTag {};
 struct HostTag {};
-struct ClusterTag {};
+struct GuestClusterTag {};
 struct HostClusterTag {};
 
+/// A byte offset in one address space; moves by byte counts.
+template <class Tag>
+using Offset = Position<Tag, uint64_t>;
 /// A byte offset in the virtual disk the client sees.
 using GuestOffset = Offset<GuestTag>;
 /// A byte offset in the image file (or the external data file).
 using HostOffset = Offset<HostTag>;
-
 /// Index of a guest cluster (guest offset >> cluster_bits).
-struct ClusterIndex {
-    uint64_t value = 0;
-    constexpr ClusterIndex() = default;
-    constexpr explicit ClusterIndex(uint64_t v) : value(v) {}
-    constexpr auto operator<=>(const ClusterIndex&) const = default;
-};
-
+using ClusterIndex = Position<GuestClusterTag, ClusterCount>;
 /// Index of a host cluster in the image file (host offset >> cluster_bits).
-struct HostClusterIndex {
-    uint64_t value = 0;
-    constexpr HostClusterIndex() = default;
-    constexpr explicit HostClusterIndex(uint64_t v) : value(v) {}
-    constexpr auto operator<=>(const HostClusterIndex&) const = default;
-};
+using HostClusterIndex = Position<HostClusterTag, ClusterCount>;
 
 /// Cluster geometry of one image: every offset/index conversion goes through it.
 struct Geometry {
@@ -85,25 +94,19 @@ struct Geometry {
     constexpr uint64_t round_up(uint64_t n) const {
         return (n + cluster_size() - 1) & ~(cluster_size() - 1);
     }
+    /// Bytes in `n` clusters.
+    constexpr uint64_t bytes(ClusterCount n) const { return n.value << cluster_bits; }
+    /// One past the last host cluster that a file of `n` bytes touches.
+    constexpr HostClusterIndex host_cluster_end(uint64_t n) const {
+        return HostClusterIndex{round_up(n) >> cluster_bits};
+    }
 };
 
 }  // namespace qnbd
 
-template <class Tag>
-struct std::hash<qnbd::Offset<Tag>> {
-    size_t operator()(const qnbd::Offset<Tag>& o) const noexcept {
-        return std::hash<uint64_t>{}(o.value);
-    }
-};
-template <>
-struct std::hash<qnbd::ClusterIndex> {
-    size_t operator()(const qnbd::ClusterIndex& c) const noexcept {
-        return std::hash<uint64_t>{}(c.value);
-    }
-};
-template <>
-struct std::hash<qnbd::HostClusterIndex> {
-    size_t operator()(const qnbd::HostClusterIndex& c) const noexcept {
-        return std::hash<uint64_t>{}(c.value);
+template <class Tag, class Step>
+struct std::hash<qnbd::Position<Tag, Step>> {
+    size_t operator()(const qnbd::Position<Tag, Step>& p) const noexcept {
+        return std::hash<uint64_t>{}(p.value);
     }
 };

@@ -1,8 +1,5 @@
 #include "disk/raw_disk.hpp"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <cstring>
 
 #include "base/buffer.hpp"
@@ -53,6 +50,7 @@ class RawDisk final : public Disk {
 
     awaitable<Result<void>> discard(GuestOffset off, uint64_t len, WriteFlags flags) override {
         if (auto r = check(off, len); !r) co_return r;
+        // Discard is advisory: where the file system cannot punch holes the data stays.
         (void)co_await file_->fallocate(io::Fallocate::PunchHole, HostOffset{off.value}, len);
         co_return co_await done(flags.fua);
     }
@@ -92,25 +90,23 @@ awaitable<Result<std::vector<Extent>>> RawDisk::block_status(GuestOffset off, ui
     if (off.value >= size_) co_return Error{EINVAL, "block status beyond the end of the disk"};
     len = std::min<uint64_t>(len, size_ - off.value);
     // Holes reported by the file system read as zeros; everything else is data.
-    int fd = ::open(file_->path().c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) co_return std::vector<Extent>{Extent{len, true, false, 1}};
     std::vector<Extent> out;
-    uint64_t pos = off.value, end = off.value + len;
-    while (pos < end) {
-        off_t data = ::lseek(fd, static_cast<off_t>(pos), SEEK_DATA);
-        uint64_t d = data < 0 ? end : std::min<uint64_t>(static_cast<uint64_t>(data), end);
+    const uint64_t end = off.value + len;
+    for (uint64_t pos = off.value; pos < end;) {
+        auto data = co_await file_->seek(HostOffset{pos}, io::Seek::Data);
+        if (!data) co_return data.error();
+        const uint64_t d = std::min(*data, end);
         if (d > pos) {
             out.push_back(Extent{d - pos, false, true, 1});
             pos = d;
             continue;
         }
-        off_t hole = ::lseek(fd, static_cast<off_t>(pos), SEEK_HOLE);
-        uint64_t h = hole < 0 ? end : std::min<uint64_t>(static_cast<uint64_t>(hole), end);
-        if (h <= pos) h = end;
+        auto hole = co_await file_->seek(HostOffset{pos}, io::Seek::Hole);
+        if (!hole) co_return hole.error();
+        const uint64_t h = *hole <= pos ? end : std::min(*hole, end);
         out.push_back(Extent{h - pos, true, false, 1});
         pos = h;
     }
-    ::close(fd);
     co_return out;
 }
 

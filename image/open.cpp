@@ -124,7 +124,7 @@ awaitable<Result<std::shared_ptr<Disk>>> open_qcow2(asio::any_io_executor ex,
                                                     uint64_t file_size, Chain& chain) {
     auto h = qcow2::parse_header(head.span(), file_size);
     if (!h) co_return h.error();
-    if (!opts.read_only)
+    if (!opts.read_only)  // R15: refused before anything is written.
         if (auto r = check_writable(*h); !r) co_return r.error();
     auto l1 = co_await read_table(*file, h->l1_table_offset, h->l1_size);
     if (!l1) co_return l1.error();

@@ -22,9 +22,6 @@
 namespace qnbd::io {
 namespace {
 
-/// How often an aligned read refused with EINVAL is tried (see AlignedFile::read_inner).
-constexpr int kReadAttempts = 4;
-
 size_t total(std::span<const iovec> iov) {
     size_t n = 0;
     for (auto& v : iov) n += v.iov_len;
@@ -221,6 +218,13 @@ class AlignedFile final : public File {
         return r;
     }
 
+    awaitable<Result<uint64_t>> seek(HostOffset from, Seek what) override {
+        auto r = co_await inner_->seek(from, what);
+        // RMW padding past the exact end reads as data to the kernel, not to callers.
+        if (r && logical_) *r = std::min(*r, std::max(*logical_, from.value));
+        co_return r;
+    }
+
     bool direct() const override { return inner_->direct(); }
     const std::string& path() const override { return inner_->path(); }
 
@@ -293,15 +297,10 @@ class AlignedFile final : public File {
         co_return ok();
     }
 
-    /// Reads aligned blocks from the file below. A direct read that comes up short at the end
-    /// of the file and goes on for the rest (as UringFile's does) while a concurrent write
-    /// grows the file asks for an unaligned offset, which the kernel refuses with EINVAL; the
-    /// file has grown by then, so reading again succeeds.
+    /// Reads aligned blocks from the file below. UringFile stops at a short read (the end of
+    /// the file), so it never goes on at the unaligned offset after it.
     awaitable<Result<size_t>> read_inner(uint64_t off, std::span<const iovec> iov) {
-        for (int attempt = 1;; ++attempt) {
-            auto n = co_await inner_->readv(HostOffset{off}, iov);
-            if (n || n.error().code != EINVAL || attempt == kReadAttempts) co_return n;
-        }
+        co_return co_await inner_->readv(HostOffset{off}, iov);
     }
 
     /// Ends a write's claim: records its end if it succeeded (`end` 0 for none), then trims.

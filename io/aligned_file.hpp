@@ -13,10 +13,6 @@
 // truncates the padding away; until then size() and reads stop at that exact end. That
 // truncate is the File's synchronous one: the kernel may make it wait for direct I/O in flight.
 //
-// A read below that the kernel refuses with EINVAL is retried a few times: UringFile goes on
-// after a short read at the end of the file, and if a concurrent write has grown the file by
-// then, its next offset is unaligned (see AlignedFile::read_inner).
-//
 // Like every File, the adapter is used from one executor at a time (no internal threads).
 #pragma once
 

@@ -1,9 +1,16 @@
 // The File seam's non-virtual helpers, shared by every implementation.
 #include "io/file.hpp"
 
+#include <algorithm>
 #include <cstring>
 
 namespace qnbd::io {
+
+awaitable<Result<uint64_t>> File::seek(HostOffset from, Seek what) {
+    auto size = this->size();
+    if (!size) co_return size.error();
+    co_return what == Seek::Data ? std::min(from.value, *size) : *size;
+}
 
 awaitable<Result<size_t>> File::read(HostOffset off, std::span<std::byte> buf) {
     iovec v{buf.data(), buf.size()};

@@ -34,7 +34,15 @@ struct OpenFlags {
     bool direct = false;  ///< O_DIRECT; open_file wraps the file so any request still works.
 };
 
-/// Asynchronous random-access file: the four operations the engine needs, plus its size.
+/// Which kind of region seek() looks for.
+enum class Seek {
+    Data,  ///< The next byte that holds data (SEEK_DATA).
+    Hole,  ///< The next byte of a hole, or the end of the file (SEEK_HOLE).
+};
+
+/// Asynchronous random-access file: transfers (readv, writev), space management (fallocate,
+/// truncate), durability (sync), the layout of holes (seek) and its size. Every file the engine
+/// touches is one of these; tests wrap them to record operations and inject faults.
 class File {
   public:
     virtual ~File() = default;
@@ -48,8 +56,11 @@ class File {
     virtual awaitable<Result<void>> sync() = 0;
     /// Current size of the file in bytes.
     virtual Result<uint64_t> size() const = 0;
-    /// Sets the file size (used when creating images and on growth preallocation).
+    /// Sets the file size (trimming the reserved tail at close, O_DIRECT padding).
     virtual Result<void> truncate(uint64_t size) = 0;
+    /// The first offset at or after `from` that starts `what`; the file size when there is no
+    /// more data. Files that cannot tell report data everywhere (the default).
+    virtual awaitable<Result<uint64_t>> seek(HostOffset from, Seek what);
     /// True when the file was opened with O_DIRECT.
     virtual bool direct() const = 0;
     /// The path the file was opened from (for messages).

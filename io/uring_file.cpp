@@ -14,6 +14,7 @@
 #include "base/buffer.hpp"
 #include "io/aligned_file.hpp"
 #include "io/file.hpp"
+#include "io/offload.hpp"
 #include "io/uring.hpp"
 
 namespace qnbd::io {
@@ -47,57 +48,12 @@ class UringFile final : public File {
     ~UringFile() override { ::close(fd_); }
 
     awaitable<Result<size_t>> readv(HostOffset off, std::span<const iovec> iov) override {
-        const size_t want = total(iov);
-        if (iov.size() <= IOV_MAX) {
-            // One operation over the caller's list: the common case, no copy of the list.
-            int r = co_await transfer(false, off.value, iov);
-            if (r >= 0) co_return static_cast<size_t>(r);  // short only at end of file
-            if (r != -EINTR && r != -EAGAIN) co_return errno_error(-r, "read from", path_);
-        }
-        std::vector<iovec> rest(iov.begin(), iov.end());
-        size_t done = 0;
-        while (done < want) {
-            const unsigned cnt = static_cast<unsigned>(std::min<size_t>(rest.size(), IOV_MAX));
-            const uint64_t at = off.value + done;
-            int r = co_await ring_.run(ex_, [&](io_uring_sqe* sqe) {
-                io_uring_prep_readv(sqe, fd_, rest.data(), cnt, at);
-            });
-            if (r == -EINTR || r == -EAGAIN) continue;
-            if (r < 0) co_return errno_error(-r, "read from", path_);
-            const size_t n = static_cast<size_t>(r);
-            if (n == 0) break;
-            done += n;
-            // A short read of a regular file means end of file: reading on at an unaligned
-            // offset would fail under O_DIRECT if a concurrent write has grown the file.
-            if (n < total(std::span(rest).first(cnt))) break;
-            consume(rest, n);
-        }
-        co_return done;
+        co_return co_await transfer_all(false, off.value, iov);
     }
 
     awaitable<Result<void>> writev(HostOffset off, std::span<const iovec> iov) override {
-        const size_t want = total(iov);
-        size_t done = 0;
-        if (iov.size() <= IOV_MAX) {
-            int r = co_await transfer(true, off.value, iov);
-            if (r >= 0 && static_cast<size_t>(r) == want) co_return ok();
-            if (r < 0 && r != -EINTR && r != -EAGAIN) co_return errno_error(-r, "write to", path_);
-            if (r > 0) done = static_cast<size_t>(r);
-        }
-        std::vector<iovec> rest(iov.begin(), iov.end());
-        consume(rest, done);
-        while (done < want) {
-            const unsigned cnt = static_cast<unsigned>(std::min<size_t>(rest.size(), IOV_MAX));
-            const uint64_t at = off.value + done;
-            int r = co_await ring_.run(ex_, [&](io_uring_sqe* sqe) {
-                io_uring_prep_writev(sqe, fd_, rest.data(), cnt, at);
-            });
-            if (r == -EINTR || r == -EAGAIN) continue;
-            if (r < 0) co_return errno_error(-r, "write to", path_);
-            if (r == 0) co_return Error{EIO, "write to " + path_ + " made no progress"};
-            done += static_cast<size_t>(r);
-            consume(rest, static_cast<size_t>(r));
-        }
+        auto n = co_await transfer_all(true, off.value, iov);
+        if (!n) co_return n.error();
         co_return ok();
     }
 
@@ -133,10 +89,54 @@ class UringFile final : public File {
         return ok();
     }
 
+    awaitable<Result<uint64_t>> seek(HostOffset from, Seek what) override {
+        // lseek has no io_uring opcode and may block (NFS, FUSE): run it off the reactor.
+        // pread/pwrite-style I/O elsewhere never uses the file position, so sharing it is safe.
+        const int fd = fd_;
+        const int whence = what == Seek::Data ? SEEK_DATA : SEEK_HOLE;
+        const auto [pos, err] = co_await offload([fd, from, whence] {
+            const off_t p = ::lseek(fd, static_cast<off_t>(from.value), whence);
+            return std::pair<off_t, int>{p, p < 0 ? errno : 0};
+        });
+        if (pos >= 0) co_return static_cast<uint64_t>(pos);
+        if (err == ENXIO) {  // No data at or after `from`: the rest is a hole up to the end.
+            auto s = size();
+            if (!s) co_return s.error();
+            co_return what == Seek::Data ? *s : std::max(*s, from.value);
+        }
+        if (err == EINVAL || err == ENOTSUP || err == EOPNOTSUPP)
+            co_return co_await File::seek(from, what);  // no hole support: all data
+        co_return errno_error(err, "lseek in", path_);
+    }
+
     bool direct() const override { return direct_; }
     const std::string& path() const override { return path_; }
 
   private:
+    /// Reads or writes the whole list at `at`: a single operation over the caller's list in
+    /// the common case, then (for lists over IOV_MAX entries, short writes, EINTR) the rest.
+    /// A read stops at its first short transfer: the end of the file (going on at an unaligned
+    /// offset would fail under O_DIRECT if a concurrent write has grown the file).
+    awaitable<Result<size_t>> transfer_all(bool write, uint64_t at, std::span<const iovec> iov) {
+        const size_t want = total(iov);
+        std::vector<iovec> rest;  // the part not transferred yet, once it differs from `iov`
+        std::span<const iovec> left = iov;
+        size_t done = 0;
+        while (done < want) {
+            const auto batch = left.first(std::min<size_t>(left.size(), IOV_MAX));
+            const int r = co_await transfer(write, at + done, batch);
+            if (r == -EINTR || r == -EAGAIN) continue;
+            if (r < 0) co_return errno_error(-r, write ? "write to" : "read from", path_);
+            if (r == 0 && write) co_return Error{EIO, "write to " + path_ + " made no progress"};
+            done += static_cast<size_t>(r);
+            if (r == 0 || (!write && static_cast<size_t>(r) < total(batch))) break;
+            if (rest.empty()) rest.assign(left.begin(), left.end());
+            consume(rest, static_cast<size_t>(r));
+            left = rest;
+        }
+        co_return done;
+    }
+
     /// One read or write of `iov` (at most IOV_MAX entries) at `at`; the CQE result.
     awaitable<int> transfer(bool write, uint64_t at, std::span<const iovec> iov) {
         co_return co_await ring_.run(ex_, [&](io_uring_sqe* sqe) {

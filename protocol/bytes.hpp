@@ -14,6 +14,8 @@
 #include <variant>
 #include <vector>
 
+#include "base/expected.hpp"
+
 namespace qnbd::nbd {
 
 using Bytes = std::span<const std::byte>;
@@ -136,29 +138,7 @@ struct DecodeError {
 
 /// A decoded value or the reason the input was rejected.
 template <class T>
-class [[nodiscard]] Decoded {
-  public:
-    Decoded(T value) : v_(std::in_place_index<0>, std::move(value)) {}
-    Decoded(DecodeError error) : v_(std::in_place_index<1>, error) {}
-    /// Constructs the value in place from `args`.
-    template <class... Args>
-    explicit Decoded(std::in_place_t, Args&&... args)
-        : v_(std::in_place_index<0>, std::forward<Args>(args)...) {}
-
-    bool ok() const { return v_.index() == 0; }
-    explicit operator bool() const { return ok(); }
-    T& value() & { return std::get<0>(v_); }
-    const T& value() const& { return std::get<0>(v_); }
-    T&& value() && { return std::get<0>(std::move(v_)); }
-    T& operator*() & { return value(); }
-    const T& operator*() const& { return value(); }
-    T* operator->() { return &value(); }
-    const T* operator->() const { return &value(); }
-    const DecodeError& error() const { return std::get<1>(v_); }
-
-  private:
-    std::variant<T, DecodeError> v_;
-};
+using Decoded = Expected<T, DecodeError>;
 
 /// Builds a DecodeError answered with `reply`.
 constexpr DecodeError reject(uint32_t reply, std::string_view message) {

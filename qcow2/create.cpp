@@ -11,6 +11,7 @@
 #include <cctype>
 #include <cstring>
 #include <filesystem>
+#include <string_view>
 #include <vector>
 
 #include "base/buffer.hpp"
@@ -294,26 +295,11 @@ Result<void> write_image(const std::string& path, const CreateOptions& o, const 
     return ok();
 }
 
-/// Size multipliers by suffix letter (binary, like qemu-img).
+/// Size multipliers by suffix letter (binary, like qemu-img): b, k, m, g, t, p, e.
 uint64_t size_multiplier(char c) {
-    switch (std::tolower(static_cast<unsigned char>(c))) {
-        case 'b':
-            return 1;
-        case 'k':
-            return uint64_t{1} << 10;
-        case 'm':
-            return uint64_t{1} << 20;
-        case 'g':
-            return uint64_t{1} << 30;
-        case 't':
-            return uint64_t{1} << 40;
-        case 'p':
-            return uint64_t{1} << 50;
-        case 'e':
-            return uint64_t{1} << 60;
-        default:
-            return 0;
-    }
+    static constexpr std::string_view kSuffixes = "bkmgtpe";
+    const size_t i = kSuffixes.find(static_cast<char>(std::tolower(static_cast<unsigned char>(c))));
+    return i == std::string_view::npos ? 0 : uint64_t{1} << (10 * i);
 }
 
 /// Parses a run of decimal digits at `pos`; false on overflow or if there are none.

@@ -34,6 +34,27 @@ IoGuard::~IoGuard() {
     }
 }
 
+ClusterLock::~ClusterLock() {
+    if (img_) img_->unlock_cluster(c_);
+}
+
+awaitable<ClusterLock> Qcow2Image::lock_cluster(ClusterIndex c) {
+    for (auto it = busy_.find(c); it != busy_.end(); it = busy_.find(c)) {
+        auto n = it->second;
+        co_await n->wait();
+    }
+    busy_.emplace(c, std::make_shared<Notifier>());
+    co_return ClusterLock(*this, c);
+}
+
+void Qcow2Image::unlock_cluster(ClusterIndex c) {
+    auto it = busy_.find(c);
+    if (it == busy_.end()) return;
+    auto n = std::move(it->second);
+    busy_.erase(it);
+    n->notify_all();
+}
+
 Qcow2Image::Qcow2Image(ImageParts p)
     : ex_(p.ex),
       file_(std::move(p.file)),
@@ -58,34 +79,45 @@ Qcow2Image::Qcow2Image(ImageParts p)
 
 awaitable<Result<std::shared_ptr<Qcow2Image>>> Qcow2Image::create(ImageParts parts) {
     std::shared_ptr<Qcow2Image> img(new Qcow2Image(std::move(parts)));
-    if (img->read_only_) co_return img;
-    Header& h = img->header_;
-    // Bits this engine does not keep up to date are cleared before anything is written.
-    const uint64_t autoclear = h.autoclear_features & kAutoclearRawData;
-    if (autoclear != h.autoclear_features) {
-        h.autoclear_features = autoclear;
-        if (auto r = co_await img->write_header(); !r) co_return r.error();
-        if (auto r = co_await img->sync_all(); !r) co_return r.error();
-    }
-    if (h.dirty()) {
+    if (img->read_only_) co_return img;  // R15: nothing is written.
+    if (auto r = co_await img->clear_autoclear_bits(); !r) co_return r.error();
+    if (img->header_.dirty()) {
         if (auto r = co_await img->rebuild_refcounts(); !r) co_return r.error();
         if (auto r = co_await img->flush(); !r) co_return r.error();
     }
     co_return img;
 }
 
+awaitable<Result<void>> Qcow2Image::clear_autoclear_bits() {
+    // R16: bits this engine does not keep up to date are cleared before anything is written.
+    const uint64_t kept = header_.autoclear_features & kAutoclearRawData;
+    if (kept == header_.autoclear_features) co_return ok();
+    header_.autoclear_features = kept;
+    if (auto r = co_await write_header(); !r) co_return r;
+    co_return co_await sync_all();
+}
+
+bool Qcow2Image::quiet() const {
+    return !refcounts_->has_dirty() && !refcounts_->has_pending_frees() && !l2_cache_.has_dirty() &&
+           l1_dirty_.empty();
+}
+
+awaitable<Result<void>> Qcow2Image::flush_until_quiet() {
+    // Frees applied after a barrier dirty the refcounts again: repeat until nothing is left.
+    for (int i = 0; i < 4; ++i) {
+        if (auto r = co_await flush(); !r) co_return r;
+        if (quiet()) break;
+    }
+    co_return ok();
+}
+
 awaitable<Result<void>> Qcow2Image::close() {
     if (closed_) co_return ok();
     Result<void> result;
     if (!read_only_) {
-        // Frees applied after a barrier dirty the refcounts again: repeat until quiet.
-        for (int i = 0; i < 4 && result; ++i) {
-            result = co_await flush();
-            if (!refcounts_->has_dirty() && !refcounts_->has_pending_frees() &&
-                !l2_cache_.has_dirty() && l1_dirty_.empty())
-                break;
-        }
-        if (result && header_on_disk_dirty_) {
+        result = co_await flush_until_quiet();
+        // R11: the dirty bit is cleared only over fully written metadata.
+        if (result && header_on_disk_dirty_ && quiet()) {
             header_.incompatible_features &= ~kIncompatDirty;
             result = co_await write_header();
             if (result) result = co_await sync_all();

@@ -1,6 +1,6 @@
 // Qcow2Image: the qcow2 engine behind a Disk. Requests run concurrently on one executor;
 // no lock is held across I/O. Metadata changes stay in memory and reach the disk at flush
-// barriers in crash-safe order (refcounts, sync, L2 tables, L1/header, sync).
+// barriers, in the order of docs/ARCHITECTURE.md's rules R1-R16 (image_flush.cpp).
 #pragma once
 
 #include <map>
@@ -14,9 +14,11 @@
 #include "disk/disk.hpp"
 #include "io/file.hpp"
 #include "qcow2/header.hpp"
+#include "qcow2/host_runs.hpp"
 #include "qcow2/l2_entry.hpp"
 #include "qcow2/metadata_cache.hpp"
 #include "qcow2/refcounts.hpp"
+#include "qcow2/write_plan.hpp"
 
 namespace qnbd::qcow2 {
 
@@ -26,26 +28,6 @@ struct Segment {
     uint64_t length = 0;
     Plan plan;
 };
-
-/// A piece of guest data and the host offset it lives at.
-struct HostPiece {
-    HostOffset host;
-    std::span<std::byte> bytes;
-};
-
-/// Groups pieces into runs of contiguous host offsets (sorted by host offset; the guest
-/// order inside a run may be anything), each at most IOV_MAX pieces: one readv/writev per run.
-std::vector<std::vector<HostPiece>> host_runs(std::vector<HostPiece>& pieces);
-
-/// The scatter list of one run of host_runs(), in host order.
-std::vector<iovec> run_iovecs(const std::vector<HostPiece>& run);
-
-/// Reads one run of host_runs() with a single readv; bytes past the end of the file read as
-/// zeros.
-awaitable<Result<void>> read_run(io::File& f, std::vector<HostPiece> run);
-
-/// Writes one run of host_runs() with a single writev.
-awaitable<Result<void>> write_pieces(io::File& f, std::vector<HostPiece> run);
 
 /// How the engine serves an image (set by the opener from the user's options).
 struct EngineOptions {
@@ -69,8 +51,9 @@ struct ImageParts {
 };
 
 class Qcow2Image;
+class RefCounter;
 
-/// Marks data I/O of one request as in flight for the duration of a scope.
+/// Marks data I/O of one request as in flight for the duration of a scope (R7).
 class IoGuard {
   public:
     explicit IoGuard(Qcow2Image& img);
@@ -81,6 +64,36 @@ class IoGuard {
   private:
     Qcow2Image& img_;
     uint64_t epoch_;
+};
+
+/// A guest cluster's busy marker, held for a scope: one allocating writer at a time (R12).
+class ClusterLock {
+  public:
+    ClusterLock(Qcow2Image& img, ClusterIndex c) : img_(&img), c_(c) {}
+    ClusterLock(ClusterLock&& o) noexcept : img_(std::exchange(o.img_, nullptr)), c_(o.c_) {}
+    ClusterLock& operator=(ClusterLock&&) = delete;
+    ~ClusterLock();
+
+  private:
+    Qcow2Image* img_;
+    ClusterIndex c_;
+};
+
+/// A host cluster chosen for an allocating write.
+struct DataCluster {
+    HostOffset host;
+    bool fresh = false;       ///< Never written: reads as zeros without zeroing (R13).
+    bool refcounted = false;  ///< Allocated from the refcounts (not an external data file).
+};
+
+/// Everything one barrier makes durable, captured in one step (R9).
+struct BarrierWrites {
+    uint64_t epoch_cut = 0;  ///< Frees of epochs up to this one apply after the barrier.
+    RefcountWrites refcounts;
+    std::vector<DirtyCopy> l2;
+    std::vector<TableWrite> l1;
+    bool data = false;  ///< Data was written since the previous barrier.
+    bool has_metadata() const { return !refcounts.empty() || !l2.empty() || !l1.empty(); }
 };
 
 /// A qcow2 image opened for serving.
@@ -108,12 +121,19 @@ class Qcow2Image final : public Disk, public std::enable_shared_from_this<Qcow2I
     const Header& header() const { return header_; }
 
   private:
+    friend class IoGuard;
+    friend class ClusterLock;
     explicit Qcow2Image(ImageParts parts);
+    /// The file data clusters live in: the external data file, or the image itself.
+    io::File& data_io() { return data_file_ ? *data_file_ : *file_; }
 
     // Mapping (image_map.cpp).
     awaitable<Result<CacheRef>> l2_table(ClusterIndex c, bool allocate);
+    awaitable<Result<CacheRef>> new_l2_table(ClusterIndex c);
     awaitable<Result<ClusterInfo>> lookup(ClusterIndex c);
     awaitable<Result<std::vector<Segment>>> map_range(GuestOffset off, uint64_t len);
+    awaitable<Result<void>> map_cluster(const CacheRef& table, ClusterIndex c, GuestOffset& pos,
+                                        GuestOffset end, std::vector<Segment>& segs);
     std::pair<uint64_t, uint64_t> l2_slot(const CacheRef& t, ClusterIndex c) const;
     void set_l2_slot(const CacheRef& t, ClusterIndex c, uint64_t entry, uint64_t bitmap);
 
@@ -123,55 +143,72 @@ class Qcow2Image final : public Disk, public std::enable_shared_from_this<Qcow2I
     awaitable<Result<void>> read_compressed(PlanCompressed p, uint64_t in_cluster,
                                             std::span<std::byte> out);
 
-    // Writing (image_write.cpp, image_cow.cpp).
+    // Writing (image_write.cpp; the plan comes from write_plan.hpp).
     awaitable<Result<void>> check_writable(GuestOffset off, uint64_t len);
-    awaitable<void> lock_cluster(ClusterIndex c);
+    WriteContext write_context() const;
+    /// Takes the busy marker of `c`, waiting for the request that holds it.
+    awaitable<ClusterLock> lock_cluster(ClusterIndex c);
     void unlock_cluster(ClusterIndex c);
-    /// Releases a cluster taken with lock_cluster() when the scope ends.
-    struct ClusterUnlock {
-        Qcow2Image* img;
-        ClusterIndex c;
-        ~ClusterUnlock() { img->unlock_cluster(c); }
-    };
+    awaitable<Result<std::vector<ClusterState>>> cluster_states(GuestOffset off, uint64_t len);
+    awaitable<Result<void>> execute(const WritePlan& plan, std::span<const std::byte> buf);
     awaitable<Result<void>> write_cluster(ClusterIndex c, uint64_t start,
                                           std::span<const std::byte> data);
     awaitable<Result<void>> write_allocating(ClusterIndex c, const ClusterInfo& ci, uint64_t start,
                                              std::span<const std::byte> data);
-    /// Writes `data` at `start` of the `n` clusters from `first`, which all need a new host
-    /// cluster and read as zeros: one contiguous allocation, one data write.
-    awaitable<Result<void>> write_run(ClusterIndex first, uint64_t n, uint64_t start,
-                                      std::span<const std::byte> data);
-    /// True when a cluster looked up as `ci` may join such a run.
-    bool joins_fresh_run(const ClusterInfo& ci) const;
-    awaitable<Result<void>> zero_cluster(ClusterIndex c, uint64_t start, uint64_t len,
-                                         ZeroFlags flags);
-    awaitable<Result<void>> discard_cluster(ClusterIndex c);
-    awaitable<Result<HostOffset>> allocate_data_cluster(ClusterIndex c, bool& fresh);
+    awaitable<Result<void>> fill_cluster(ClusterIndex c, const ClusterInfo& ci, DataCluster target,
+                                         AllocationShape shape, uint64_t start,
+                                         std::span<const std::byte> data);
+    awaitable<Result<void>> set_mapping(ClusterIndex c, HostOffset host, uint64_t bitmap);
+    /// Writes a run of clusters that all need a new host cluster and read as zeros: one
+    /// contiguous allocation, one data write (or cluster by cluster if one changed meanwhile).
+    awaitable<Result<void>> write_fresh_run(FreshRunStep run, std::span<const std::byte> data);
+    awaitable<Result<void>> write_clusters_of(FreshRunStep run, std::span<const std::byte> data);
+    awaitable<Result<DataCluster>> allocate_data_cluster(ClusterIndex c);
+    /// Gives back clusters allocated for a write that failed before anything referenced them.
+    awaitable<void> give_back(HostOffset host, ClusterCount n);
     void release_host(const ClusterInfo& ci);
     awaitable<Result<void>> after_write(bool fua);
+
+    // Write-zeroes and discard (image_zero.cpp).
+    awaitable<Result<void>> zero_cluster(ClusterIndex c, uint64_t start, uint64_t len,
+                                         ZeroFlags flags);
+    awaitable<Result<bool>> zero_by_metadata(ClusterIndex c, const ClusterInfo& ci, uint64_t start,
+                                             uint64_t len, ZeroFlags flags);
+    awaitable<Result<void>> discard_cluster(ClusterIndex c);
 
     // File preallocation ahead of allocation (image_prealloc.cpp).
     /// Starts reserving the next chunk of the image file when allocations reach within half a
     /// chunk of the reserved end, so writes into new clusters overwrite reserved blocks
     /// instead of extending the file or filling holes (which the file system serialises).
     void maybe_preallocate(HostOffset allocated_end);
-    awaitable<void> preallocate(uint64_t from, uint64_t len);
+    awaitable<void> preallocate(std::shared_ptr<Qcow2Image> self, uint64_t from, uint64_t len);
     /// Waits for a preallocation in flight, then gives back the reserved tail nothing uses.
     awaitable<Result<void>> trim_preallocation();
 
     // Barriers (image_flush.cpp).
-    awaitable<Result<void>> run_barriers();
+    void start_barriers();
+    awaitable<void> run_barriers(std::shared_ptr<Qcow2Image> self);
+    void finish_barrier(uint64_t id, const Result<void>& r);
     awaitable<Result<void>> barrier();
+    BarrierWrites take_barrier_writes();
+    void restore(BarrierWrites& w);
+    awaitable<Result<void>> write_back(BarrierWrites& w);
+    awaitable<Result<void>> mark_dirty_on_disk();
+    awaitable<Result<void>> write_relocation(RefTableLocation loc);
+    awaitable<Result<void>> sync_pending(bool& unsynced);
     awaitable<Result<void>> sync_all();
     awaitable<Result<void>> write_header();
-    awaitable<Result<void>> write_copies(std::vector<DirtyCopy>& copies);
-    std::vector<TableWrite> take_dirty_l1();
+    awaitable<Result<void>> write_copies(const std::vector<DirtyCopy>& copies);
     awaitable<Result<void>> write_tables(const std::vector<TableWrite>& tables);
+    std::vector<TableWrite> take_dirty_l1();
     void maybe_background_flush();
-    void start_barriers();
 
-    // Refcount rebuild of a dirty image (rebuild.cpp).
+    // Open-time repairs and clean close (image.cpp, rebuild.cpp).
+    awaitable<Result<void>> clear_autoclear_bits();
     awaitable<Result<void>> rebuild_refcounts();
+    awaitable<Result<void>> count_l2_references(uint64_t l1i, RefCounter& rc);
+    awaitable<Result<void>> flush_until_quiet();
+    bool quiet() const;
 
     asio::any_io_executor ex_;
     std::unique_ptr<io::File> file_;
@@ -196,17 +233,15 @@ class Qcow2Image final : public Disk, public std::enable_shared_from_this<Qcow2I
     MetadataCache l2_cache_;
     std::unique_ptr<Refcounts> refcounts_;
 
-    std::unordered_map<ClusterIndex, std::shared_ptr<Notifier>>
-        busy_;  ///< Clusters being reallocated.
+    /// Clusters being written by an allocating request (R12).
+    std::unordered_map<ClusterIndex, std::shared_ptr<Notifier>> busy_;
 
     /// Data I/O in flight by the free epoch it started in. Frees of an epoch wait for it, so a
-    /// host cluster is never reused while a request that looked it up still uses it.
+    /// host cluster is never reused while a request that looked it up still uses it (R7).
     std::map<uint64_t, size_t> io_by_epoch_;
     Notifier io_done_;
-    friend class IoGuard;
 
-    bool header_on_disk_dirty_ = false;  ///< The on-disk header has the dirty bit set.
-    bool header_changed_ = false;        ///< Header fields differ from disk.
+    bool header_on_disk_dirty_ = false;  ///< The dirty bit is set on disk and synced (R1).
     bool data_written_ = false;          ///< Data was written since the last sync.
     uint64_t barrier_requested_ = 0;
     uint64_t barrier_started_ = 0;

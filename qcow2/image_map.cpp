@@ -1,6 +1,4 @@
 // Guest-to-host mapping: L1/L2 lookups and the plan of a guest range as segments.
-#include <cstdio>
-
 #include "base/hex.hpp"
 #include "qcow2/image.hpp"
 
@@ -50,27 +48,34 @@ awaitable<Result<CacheRef>> Qcow2Image::l2_table(ClusterIndex c, bool allocate) 
                 EIO, "guest offset " + hex(geo_.start_of(c).value) + " is beyond the L1 table"};
         co_return CacheRef{};
     }
-    uint64_t entry = l1_[l1i];
+    const uint64_t entry = l1_[l1i];
     if ((entry & kOffsetMask) == 0) {
         if (!allocate) co_return CacheRef{};
-        bool fresh = false;
-        auto host = co_await refcounts_->allocate(1, fresh);
-        if (!host) co_return host.error();
-        if ((l1_[l1i] & kOffsetMask) != 0) {
-            // Another request created this table while we allocated: give ours back.
-            auto r = co_await refcounts_->adjust(geo_.host_cluster_of(*host), -1);
-            if (!r) co_return r.error();
-            co_return co_await l2_table(c, allocate);
-        }
-        CacheRef t = l2_cache_.create(*host);
-        l1_[l1i] = host->value | kOflagCopied;
-        l1_dirty_.insert(l1i * 8 / geo_.cluster_size());
-        co_return t;
+        co_return co_await new_l2_table(c);
     }
     if (allocate && !(entry & kOflagCopied))
         co_return Error{EIO, "L2 table for guest offset " + hex(geo_.start_of(c).value) +
                                  " is shared with a snapshot; writing it is not supported"};
     co_return co_await l2_cache_.get(HostOffset{entry & kOffsetMask});
+}
+
+awaitable<Result<CacheRef>> Qcow2Image::new_l2_table(ClusterIndex c) {
+    const uint64_t l1i = geo_.l1_index(c);
+    auto a = co_await refcounts_->allocate(ClusterCount{1});
+    if (!a) co_return a.error();
+    const HostOffset host = geo_.host_start_of(a->first);
+    if ((l1_[l1i] & kOffsetMask) != 0) {
+        // Another request created this table while we allocated: give ours back.
+        if (auto r = co_await refcounts_->release(a->first, ClusterCount{1}); !r)
+            co_return r.error();
+        co_return co_await l2_table(c, true);
+    }
+    // The table is a fresh dirty cache entry: written at the next barrier before the L1
+    // entry that points to it (R5), after its own refcount (R2).
+    CacheRef t = l2_cache_.create(host);
+    l1_[l1i] = host.value | kOflagCopied;
+    l1_dirty_.insert(l1i * 8 / geo_.cluster_size());
+    co_return t;
 }
 
 awaitable<Result<ClusterInfo>> Qcow2Image::lookup(ClusterIndex c) {
@@ -95,36 +100,39 @@ awaitable<Result<std::vector<Segment>>> Qcow2Image::map_range(GuestOffset off, u
             table = std::move(*t);
             table_l1 = l1i;
         }
-        if (!table) {
-            // No L2 table: the whole rest of its range is unallocated in this layer.
-            const GuestOffset range_end =
-                std::min(end, GuestOffset{(l1i + 1) * geo_.l2_entries() << geo_.cluster_bits});
-            Plan p = fmt_.data_file_raw ? Plan{PlanData{HostOffset{pos.value}}}
-                                        : Plan{PlanUnallocated{}};
-            append(segs, pos, range_end - pos, p);
-            pos = range_end;
+        if (table) {
+            if (auto r = co_await map_cluster(table, c, pos, end, segs); !r) co_return r.error();
             continue;
         }
-        ClusterInfo ci;
-        {
-            auto [entry, bitmap] = l2_slot(table, c);
-            auto d = decode_l2(entry, bitmap, fmt_, c);
-            if (!d) co_return d.error();
-            ci = *d;
-        }
-        const GuestOffset cstart = geo_.start_of(c);
-        const uint64_t sc_size = geo_.subcluster_size();
-        const GuestOffset cend = std::min(end, cstart + geo_.cluster_size());
-        while (pos < cend) {
-            const uint32_t sc = static_cast<uint32_t>((pos - cstart) / sc_size);
-            const GuestOffset sc_end = std::min(cend, cstart + (sc + 1) * sc_size);
-            Plan p = plan_subcluster(ci, sc, fmt_, cstart);
-            if (auto* d = std::get_if<PlanData>(&p)) d->host += (pos - cstart) - sc * sc_size;
-            append(segs, pos, sc_end - pos, p);
-            pos = sc_end;
-        }
+        // No L2 table: the whole rest of its range is unallocated in this layer.
+        const GuestOffset range_end =
+            std::min(end, GuestOffset{(l1i + 1) * geo_.l2_entries() << geo_.cluster_bits});
+        Plan p =
+            fmt_.data_file_raw ? Plan{PlanData{HostOffset{pos.value}}} : Plan{PlanUnallocated{}};
+        append(segs, pos, range_end - pos, p);
+        pos = range_end;
     }
     co_return segs;
+}
+
+awaitable<Result<void>> Qcow2Image::map_cluster(const CacheRef& table, ClusterIndex c,
+                                                GuestOffset& pos, GuestOffset end,
+                                                std::vector<Segment>& segs) {
+    auto [entry, bitmap] = l2_slot(table, c);
+    auto ci = decode_l2(entry, bitmap, fmt_, c);
+    if (!ci) co_return ci.error();
+    const GuestOffset cstart = geo_.start_of(c);
+    const uint64_t sc_size = geo_.subcluster_size();
+    const GuestOffset cend = std::min(end, cstart + geo_.cluster_size());
+    while (pos < cend) {
+        const uint32_t sc = static_cast<uint32_t>((pos - cstart) / sc_size);
+        const GuestOffset sc_end = std::min(cend, cstart + (sc + 1) * sc_size);
+        Plan p = plan_subcluster(*ci, sc, fmt_, cstart);
+        if (auto* d = std::get_if<PlanData>(&p)) d->host += (pos - cstart) - sc * sc_size;
+        append(segs, pos, sc_end - pos, p);
+        pos = sc_end;
+    }
+    co_return ok();
 }
 
 }  // namespace qnbd::qcow2

@@ -3,6 +3,8 @@
 // serialise on the inode and which io_uring cannot issue without blocking. Reserving the next
 // chunk with fallocate turns those writes into overwrites of reserved (zero-reading) blocks.
 // The unused reserved tail is cut off again at clean close.
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <boost/asio/co_spawn.hpp>
 
@@ -24,12 +26,28 @@ void Qcow2Image::maybe_preallocate(HostOffset allocated_end) {
     if (allocated_end.value + chunk / 2 <= reserved_end_) return;
     const uint64_t from = std::max(reserved_end_, geo_.round_up(allocated_end.value));
     preallocating_ = true;
-    asio::co_spawn(ex_, preallocate(from, chunk),
-                   [self = shared_from_this()](std::exception_ptr) {});
+    asio::co_spawn(ex_, preallocate(shared_from_this(), from, chunk), [](std::exception_ptr e) {
+        if (e) spdlog::critical("preallocation ended with an exception");
+    });
 }
 
-awaitable<void> Qcow2Image::preallocate(uint64_t from, uint64_t len) {
-    auto r = co_await file_->fallocate(io::Fallocate::Allocate, HostOffset{from}, len);
+awaitable<void> Qcow2Image::preallocate(std::shared_ptr<Qcow2Image> self, uint64_t from,
+                                        uint64_t len) {
+    // However this ends, close() must not wait for it forever.
+    struct Done {
+        Qcow2Image& img;
+        ~Done() {
+            img.preallocating_ = false;
+            img.prealloc_done_.notify_all();
+        }
+    } done{*self};
+    Result<void> r;
+    try {
+        r = co_await file_->fallocate(io::Fallocate::Allocate, HostOffset{from}, len);
+    } catch (const std::exception& e) {
+        r = Error{EIO, e.what()};
+        spdlog::error("{}: internal error while preallocating: {}", file_->path(), e.what());
+    }
     if (r) {
         reserved_end_ = from + len;
         preallocated_ = true;
@@ -38,15 +56,13 @@ awaitable<void> Qcow2Image::preallocate(uint64_t from, uint64_t len) {
         // and a real shortage of space surfaces on those writes.
         prealloc_off_ = true;
     }
-    preallocating_ = false;
-    prealloc_done_.notify_all();
 }
 
 awaitable<Result<void>> Qcow2Image::trim_preallocation() {
     while (preallocating_) co_await prealloc_done_.wait();
     if (!preallocated_) co_return ok();
     preallocated_ = false;
-    const uint64_t used = refcounts_->end_cluster() * geo_.cluster_size();
+    const uint64_t used = geo_.host_start_of(refcounts_->end_cluster()).value;
     auto size = file_->size();
     if (!size) co_return size.error();
     if (*size <= used) co_return ok();

@@ -1,8 +1,4 @@
 // Reads: one request's segments are issued all at once and complete in any order.
-#include <sys/uio.h>
-
-#include <algorithm>
-#include <climits>
 #include <cstring>
 
 #include "qcow2/compress.hpp"
@@ -42,55 +38,17 @@ awaitable<Result<void>> Qcow2Image::read(GuestOffset off, std::span<std::byte> b
         join->spawn(read_segment(seg, out));
     }
     if (single) co_return co_await read_segment(*single, buf);
-    io::File& f = data_file_ ? *data_file_ : *file_;
     for (auto& run : host_runs(data)) {
         if (!join) join.emplace(ex_);
-        join->spawn(read_run(f, std::move(run)));
+        join->spawn(read_run(data_io(), std::move(run)));
     }
     if (join) co_return co_await join->wait();
     co_return ok();
 }
 
-std::vector<std::vector<HostPiece>> host_runs(std::vector<HostPiece>& pieces) {
-    std::sort(pieces.begin(), pieces.end(),
-              [](const HostPiece& a, const HostPiece& b) { return a.host < b.host; });
-    std::vector<std::vector<HostPiece>> runs;
-    for (const HostPiece& p : pieces) {
-        if (runs.empty() || runs.back().size() >= IOV_MAX ||
-            runs.back().back().host + runs.back().back().bytes.size() != p.host)
-            runs.emplace_back();
-        runs.back().push_back(p);
-    }
-    return runs;
-}
-
-std::vector<iovec> run_iovecs(const std::vector<HostPiece>& run) {
-    std::vector<iovec> iov;
-    iov.reserve(run.size());
-    for (const HostPiece& p : run) iov.push_back(iovec{p.bytes.data(), p.bytes.size()});
-    return iov;
-}
-
-awaitable<Result<void>> read_run(io::File& f, std::vector<HostPiece> run) {
-    if (run.size() == 1) co_return co_await f.read_zero_padded(run[0].host, run[0].bytes);
-    const auto iov = run_iovecs(run);
-    auto n = co_await f.readv(run[0].host, iov);
-    if (!n) co_return n.error();
-    // Past the end of the file reads as zeros.
-    size_t left = *n;
-    for (const HostPiece& p : run) {
-        const size_t got = std::min(left, p.bytes.size());
-        left -= got;
-        if (got < p.bytes.size()) std::memset(p.bytes.data() + got, 0, p.bytes.size() - got);
-    }
-    co_return ok();
-}
-
 awaitable<Result<void>> Qcow2Image::read_segment(Segment seg, std::span<std::byte> out) {
-    if (auto* d = std::get_if<PlanData>(&seg.plan)) {
-        io::File& f = data_file_ ? *data_file_ : *file_;
-        co_return co_await f.read_zero_padded(d->host, out);
-    }
+    if (auto* d = std::get_if<PlanData>(&seg.plan))
+        co_return co_await data_io().read_zero_padded(d->host, out);
     if (auto* c = std::get_if<PlanCompressed>(&seg.plan))
         co_return co_await read_compressed(*c, geo_.offset_in_cluster(seg.guest), out);
     if (std::holds_alternative<PlanUnallocated>(seg.plan) && backing_)

@@ -26,56 +26,57 @@ awaitable<Result<void>> Qcow2Image::write_zeroes(GuestOffset off, uint64_t len, 
 
 awaitable<Result<void>> Qcow2Image::zero_cluster(ClusterIndex c, uint64_t start, uint64_t len,
                                                  ZeroFlags flags) {
-    const uint64_t cs = geo_.cluster_size(), scs = geo_.subcluster_size();
-    co_await lock_cluster(c);
-    ClusterUnlock unlock{this, c};
+    auto lock = co_await lock_cluster(c);
     auto l = co_await lookup(c);
     if (!l) co_return l.error();
     const ClusterInfo ci = *l;
-    const bool whole = start == 0 && len == cs;
-    const bool sc_aligned = geo_.extended_l2 && start % scs == 0 && len % scs == 0;
-    const bool compressed = ci.kind == ClusterKind::Compressed;
-    const bool meta_only =
-        (whole && (header_.version >= 3 || geo_.extended_l2)) || (sc_aligned && !compressed);
-    if (meta_only && !fmt_.data_file_raw) {
-        auto t = co_await l2_table(c, true);
-        if (!t) co_return t.error();
-        const bool unmap = flags.may_unmap || !ci.copied;
-        uint64_t entry = unmap || !ci.has_host ? 0 : (ci.host.value | kOflagCopied);
-        if (geo_.extended_l2) {
-            const uint32_t first = static_cast<uint32_t>(start / scs);
-            const uint32_t count = static_cast<uint32_t>(len / scs);
-            const uint32_t m = static_cast<uint32_t>(((uint64_t{1} << count) - 1) << first);
-            uint32_t alloc = ci.alloc_mask & ~m, zero = ci.zero_mask | m;
-            if (alloc != 0 || !unmap)
-                entry = ci.has_host ? (ci.host.value | (ci.copied ? kOflagCopied : 0)) : 0;
-            set_l2_slot(*t, c, entry, (uint64_t{zero} << 32) | alloc);
-        } else {
-            set_l2_slot(*t, c, entry | kOflagZero, 0);
-        }
-        if (entry == 0 && (ci.has_host || compressed)) release_host(ci);
-        maybe_background_flush();
-        co_return ok();
-    }
-    if (whole && header_.version < 3 && !backing_ && flags.may_unmap && !fmt_.data_file_raw) {
-        auto t = co_await l2_table(c, true);
-        if (!t) co_return t.error();
-        set_l2_slot(*t, c, 0, 0);
-        release_host(ci);
-        maybe_background_flush();
-        co_return ok();
-    }
+    auto done = co_await zero_by_metadata(c, ci, start, len, flags);
+    if (!done) co_return done.error();
+    if (*done) co_return ok();
     // Written as data. Pieces that already read as zeros need nothing.
     if (ci.kind == ClusterKind::Zero || (ci.kind == ClusterKind::Unallocated && !backing_ &&
                                          !fmt_.data_file_raw && !geo_.extended_l2))
         co_return ok();
     if (flags.fast_only) co_return Error{ENOTSUP, "zeroing this range would write data"};
     Buffer zeros(len);
-    if (ci.kind == ClusterKind::Normal && ci.copied && !geo_.extended_l2) {
-        io::File& f = data_file_ ? *data_file_ : *file_;
-        co_return co_await f.write(ci.host + start, zeros.span());
-    }
+    if (ci.kind == ClusterKind::Normal && ci.copied && !geo_.extended_l2)
+        co_return co_await data_io().write(ci.host + start, zeros.span());
     co_return co_await write_allocating(c, ci, start, zeros.span());
+}
+
+awaitable<Result<bool>> Qcow2Image::zero_by_metadata(ClusterIndex c, const ClusterInfo& ci,
+                                                     uint64_t start, uint64_t len,
+                                                     ZeroFlags flags) {
+    const uint64_t cs = geo_.cluster_size(), scs = geo_.subcluster_size();
+    const bool whole = start == 0 && len == cs;
+    const bool sc_aligned = geo_.extended_l2 && start % scs == 0 && len % scs == 0;
+    const bool compressed = ci.kind == ClusterKind::Compressed;
+    const bool meta_only =
+        (whole && (header_.version >= 3 || geo_.extended_l2)) || (sc_aligned && !compressed);
+    // Version 2 has no zero flag: only a whole cluster without a backing file can be dropped.
+    const bool v2_unmap = whole && header_.version < 3 && !backing_ && flags.may_unmap;
+    if (fmt_.data_file_raw || (!meta_only && !v2_unmap)) co_return false;
+    auto t = co_await l2_table(c, true);
+    if (!t) co_return t.error();
+    const bool unmap = flags.may_unmap || !ci.copied;
+    uint64_t entry = unmap || !ci.has_host ? 0 : (ci.host.value | kOflagCopied);
+    if (!meta_only) {
+        entry = 0;
+        set_l2_slot(*t, c, 0, 0);
+    } else if (geo_.extended_l2) {
+        const uint32_t first = static_cast<uint32_t>(start / scs);
+        const uint32_t count = static_cast<uint32_t>(len / scs);
+        const uint32_t m = static_cast<uint32_t>(((uint64_t{1} << count) - 1) << first);
+        const uint32_t alloc = ci.alloc_mask & ~m, zero = ci.zero_mask | m;
+        if (alloc != 0 || !unmap)
+            entry = ci.has_host ? (ci.host.value | (ci.copied ? kOflagCopied : 0)) : 0;
+        set_l2_slot(*t, c, entry, (uint64_t{zero} << 32) | alloc);
+    } else {
+        set_l2_slot(*t, c, entry | kOflagZero, 0);
+    }
+    if (entry == 0 && (ci.has_host || compressed)) release_host(ci);
+    maybe_background_flush();
+    co_return true;
 }
 
 awaitable<Result<void>> Qcow2Image::discard(GuestOffset off, uint64_t len, WriteFlags flags) {
@@ -95,8 +96,7 @@ awaitable<Result<void>> Qcow2Image::discard(GuestOffset off, uint64_t len, Write
 }
 
 awaitable<Result<void>> Qcow2Image::discard_cluster(ClusterIndex c) {
-    co_await lock_cluster(c);
-    ClusterUnlock unlock{this, c};
+    auto lock = co_await lock_cluster(c);
     auto t = co_await l2_table(c, false);
     if (!t) co_return t.error();
     if (!*t) co_return ok();  // Nothing allocated in this L2 range.

@@ -58,14 +58,6 @@ void MetadataCache::mark_dirty(const CacheRef& e) {
     }
 }
 
-void MetadataCache::drop(HostOffset off) {
-    auto it = map_.find(off);
-    if (it == map_.end()) return;
-    if (it->second->dirty) --dirty_count_;
-    it->second->dirty = false;
-    map_.erase(it);
-}
-
 std::vector<DirtyCopy> MetadataCache::take_dirty() {
     std::vector<DirtyCopy> out;
     for (auto& [off, e] : map_) {
@@ -87,7 +79,7 @@ void MetadataCache::restore_dirty(std::vector<DirtyCopy>& copies) {
 void MetadataCache::evict() {
     if (map_.size() * cluster_size_ <= budget_) return;
     std::vector<std::pair<uint64_t, HostOffset>> victims;
-    for (auto& [off, e] : map_)
+    for (auto& [off, e] : map_)  // R8: never a dirty, loading or held entry.
         if (!e->dirty && !e->loading && e.use_count() == 1) victims.emplace_back(e->last_use, off);
     std::sort(victims.begin(), victims.end());
     size_t target = budget_ / cluster_size_;

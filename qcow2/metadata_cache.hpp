@@ -1,7 +1,7 @@
 // A bounded cache of metadata clusters (L2 tables or refcount blocks) with dirty tracking.
 // Entries are shared_ptrs: holding one pins the entry (it is never evicted while held).
-// Dirty entries are never evicted; they leave the dirty state only through take_dirty(), which
-// the flush barrier calls to write them back in crash-safe order.
+// Dirty entries are never evicted (docs/ARCHITECTURE.md, R8); they leave the dirty state only
+// through take_dirty(), which the flush barrier calls to write them back in crash-safe order.
 #pragma once
 
 #include <cstdint>
@@ -48,8 +48,6 @@ class MetadataCache {
     CacheRef create(HostOffset off);
     /// Marks an entry as modified.
     void mark_dirty(const CacheRef& e);
-    /// Forgets a cluster that was freed (its contents no longer matter).
-    void drop(HostOffset off);
     /// Copies every dirty entry and marks it clean; the copies are what a barrier writes.
     std::vector<DirtyCopy> take_dirty();
     /// Marks the entries of a failed write-back dirty again.

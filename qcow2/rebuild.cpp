@@ -1,11 +1,8 @@
 // Refcount rebuild for an image left dirty by a crash: every cluster reachable from the header
 // is counted, and refcounts that differ (leaks above all) are corrected before any write.
-#include <cstdio>
-
 #include "qcow2/image.hpp"
 
 namespace qnbd::qcow2 {
-namespace {
 
 /// Reference counts computed from the metadata, indexed by host cluster.
 class RefCounter {
@@ -26,34 +23,37 @@ class RefCounter {
     std::vector<uint64_t> counts_;
 };
 
-}  // namespace
-
 awaitable<Result<void>> Qcow2Image::rebuild_refcounts() {
     const uint64_t cs = geo_.cluster_size();
     RefCounter rc(geo_);
     rc.add(HostOffset{0}, cs);
     rc.add(header_.l1_table_offset, uint64_t{header_.l1_size} * 8);
-    rc.add(header_.refcount_table_offset, uint64_t{header_.refcount_table_clusters} * cs);
+    rc.add(header_.refcount_table_offset,
+           geo_.bytes(ClusterCount{header_.refcount_table_clusters}));
     for (uint64_t b : refcounts_->table())
         if (b) rc.add(HostOffset{b}, cs);
-    for (uint64_t l1i = 0; l1i < l1_.size(); ++l1i) {
-        const uint64_t l2off = l1_[l1i] & kOffsetMask;
-        if (!l2off) continue;
-        rc.add(HostOffset{l2off}, cs);
-        auto t = co_await l2_cache_.get(HostOffset{l2off});
-        if (!t) co_return t.error();
-        for (uint64_t i = 0; i < geo_.l2_entries(); ++i) {
-            const ClusterIndex c{l1i * geo_.l2_entries() + i};
-            auto [entry, bitmap] = l2_slot(*t, c);
-            auto d = decode_l2(entry, bitmap, fmt_, c);
-            if (!d) co_return d.error();
-            if (d->kind == ClusterKind::Compressed)
-                rc.add(d->host, d->compressed_len);
-            else if (d->has_host && !data_file_)
-                rc.add(d->host, cs);
-        }
-    }
+    for (uint64_t l1i = 0; l1i < l1_.size(); ++l1i)
+        if (auto r = co_await count_l2_references(l1i, rc); !r) co_return r;
     co_return co_await refcounts_->reconcile(rc.counts());
+}
+
+awaitable<Result<void>> Qcow2Image::count_l2_references(uint64_t l1i, RefCounter& rc) {
+    const uint64_t l2off = l1_[l1i] & kOffsetMask;
+    if (!l2off) co_return ok();
+    rc.add(HostOffset{l2off}, geo_.cluster_size());
+    auto t = co_await l2_cache_.get(HostOffset{l2off});
+    if (!t) co_return t.error();
+    for (uint64_t i = 0; i < geo_.l2_entries(); ++i) {
+        const ClusterIndex c{l1i * geo_.l2_entries() + i};
+        auto [entry, bitmap] = l2_slot(*t, c);
+        auto d = decode_l2(entry, bitmap, fmt_, c);
+        if (!d) co_return d.error();
+        if (d->kind == ClusterKind::Compressed)
+            rc.add(d->host, d->compressed_len);
+        else if (d->has_host && !data_file_)
+            rc.add(d->host, geo_.cluster_size());
+    }
+    co_return ok();
 }
 
 }  // namespace qnbd::qcow2

@@ -1,6 +1,7 @@
 // Refcounts and cluster allocation. The refcount table lives in memory; refcount blocks in a
-// MetadataCache. Allocation happens in memory (blocks become dirty); frees are deferred until
-// the barrier that makes the referencing L2 change durable has completed.
+// MetadataCache. Allocation happens in memory (blocks become dirty) and reaches the disk at a
+// barrier, before anything that references the clusters (docs/ARCHITECTURE.md, R2, R3); frees
+// are deferred until the barrier that made the removal of the reference durable (R6, R7).
 #pragma once
 
 #include <cstdint>
@@ -11,6 +12,7 @@
 #include "base/async.hpp"
 #include "qcow2/metadata_cache.hpp"
 #include "qcow2/refcount_codec.hpp"
+#include "qcow2/refcount_growth.hpp"
 
 namespace qnbd::qcow2 {
 
@@ -18,12 +20,30 @@ namespace qnbd::qcow2 {
 struct RefTableLocation {
     HostOffset offset;
     uint32_t clusters = 0;
+    bool operator==(const RefTableLocation&) const = default;
 };
 
-/// One encoded cluster of the refcount table to write back.
+/// One encoded cluster of a table (refcount table or L1) to write back.
 struct TableWrite {
-    HostOffset offset;
+    uint64_t cluster = 0;  ///< Which cluster of the table.
+    HostOffset offset;     ///< Where it goes in the image file.
     Buffer data;
+};
+
+/// The refcount metadata one barrier writes back, captured in one step (R9).
+struct RefcountWrites {
+    std::vector<DirtyCopy> blocks;               ///< Dirty refcount blocks.
+    std::vector<TableWrite> table;               ///< Changed refcount table clusters.
+    RefTableLocation table_location;             ///< Where `table` was encoded for.
+    std::optional<RefTableLocation> relocation;  ///< Set when the table moved: header update.
+    bool empty() const { return blocks.empty() && table.empty() && !relocation; }
+};
+
+/// A run of host clusters handed out by the allocator, each with refcount 1.
+struct Allocation {
+    HostClusterIndex first;
+    ClusterCount count;
+    bool fresh = false;  ///< Never used before (beyond the original end of file): reads as zeros.
 };
 
 /// Refcount bookkeeping and the allocator of host clusters in the image file.
@@ -39,49 +59,61 @@ class Refcounts {
     awaitable<Result<void>> adjust(HostClusterIndex c, int64_t delta);
     /// Sets the refcount of `c` (creating its refcount block if needed).
     awaitable<Result<void>> set(HostClusterIndex c, uint64_t value);
+
     /// The longest run allocate() can find: a range without a refcount block gives its first
     /// cluster to the block, so runs never cross into such a range's start.
-    uint64_t max_run() const { return per_block_ - 1; }
-    /// Allocates `n` (at most max_run()) contiguous free clusters with refcount 1. `fresh` tells
-    /// whether they were never used (beyond the original end of file), so they read as zeros
-    /// without writing.
-    awaitable<Result<HostOffset>> allocate(uint64_t n, bool& fresh);
+    ClusterCount max_run() const { return ClusterCount{per_block_ - 1}; }
+    /// Allocates `n` (at most max_run()) contiguous free clusters with refcount 1.
+    awaitable<Result<Allocation>> allocate(ClusterCount n);
+    /// The first run of `n` free clusters at or after the allocation cursor (read-only; the
+    /// first cluster of a range without a refcount block is never part of a run).
+    awaitable<Result<HostClusterIndex>> find_free_run(ClusterCount n);
+    /// Gives back a run allocate() returned whose use failed before anything referenced it.
+    /// Best effort: a failure leaves the run allocated (leaked, reclaimed by a rebuild).
+    awaitable<Result<void>> release(HostClusterIndex first, ClusterCount n);
+
     /// Drops one reference from every cluster that [off, off+len) touches, after the next
-    /// barrier that starts from now has completed.
+    /// barrier that starts from now has completed (R6).
     void defer_free(HostOffset off, uint64_t len);
-    /// The epoch frees are registered in now; a barrier closes it.
+    /// The epoch frees are registered in now; a barrier closes it (R7).
     uint64_t close_epoch() { return epoch_++; }
     /// The epoch currently open for frees.
     uint64_t epoch() const { return epoch_; }
-    /// Applies every deferred free registered in epochs <= `cut`. Returns freed cluster runs.
-    awaitable<Result<std::vector<std::pair<HostOffset, uint64_t>>>> apply_frees(uint64_t cut);
+    /// Applies every deferred free registered in epochs <= `cut`.
+    awaitable<Result<void>> apply_frees(uint64_t cut);
+    bool has_pending_frees() const { return !pending_.empty(); }
 
     /// Sets every refcount to `counts` (index: host cluster), for the rebuild of a dirty image.
     awaitable<Result<void>> reconcile(const std::vector<uint64_t>& counts);
-    /// Dirty refcount blocks for the barrier.
-    std::vector<DirtyCopy> take_dirty_blocks() { return cache_.take_dirty(); }
-    void restore_dirty_blocks(std::vector<DirtyCopy>& c) { cache_.restore_dirty(c); }
-    /// Changed refcount table clusters, encoded, at the table's current location.
-    std::vector<TableWrite> take_dirty_table();
-    void restore_dirty_table(const std::vector<TableWrite>& w);
-    /// The new table location if the table moved since the last call.
-    std::optional<RefTableLocation> take_relocation();
-    void restore_relocation(RefTableLocation loc) { relocated_ = loc; }
+
+    /// Captures every dirty block, changed table cluster and a table move, and marks them
+    /// clean: what a barrier writes.
+    RefcountWrites take_dirty();
+    /// Marks what a failed barrier captured dirty again (R10).
+    void restore(RefcountWrites& w);
     bool has_dirty() const { return cache_.has_dirty() || !dirty_table_.empty() || relocated_; }
-    bool has_pending_frees() const { return !pending_.empty(); }
+
     /// One past the highest cluster known to be in use or allocated.
-    uint64_t end_cluster() const { return end_cluster_; }
+    HostClusterIndex end_cluster() const { return end_cluster_; }
     RefTableLocation location() const { return loc_; }
+    /// The refcount table: host offsets of the refcount blocks (0: none).
     const std::vector<uint64_t>& table() const { return table_; }
     uint64_t entries_per_block() const { return per_block_; }
 
   private:
+    /// Index of the refcount table entry (and block) that covers `c`.
+    uint64_t block_of(HostClusterIndex c) const { return c.value / per_block_; }
+    /// The first host cluster a refcount block covers.
+    HostClusterIndex first_of_block(uint64_t b) const { return HostClusterIndex{b * per_block_}; }
+    bool has_block(uint64_t b) const { return b < table_.size() && table_[b] != 0; }
+
     awaitable<Result<CacheRef>> block_for(HostClusterIndex c, bool create);
-    awaitable<Result<void>> ensure_block(uint64_t bi);
+    awaitable<Result<void>> ensure_block(uint64_t b);
+    awaitable<Result<bool>> ensure_blocks_for(HostClusterIndex first, ClusterCount n);
     awaitable<Result<void>> grow_table(uint64_t needed_entries);
-    awaitable<Result<std::optional<uint64_t>>> find_free_run(uint64_t n);
-    void mark_table_dirty(uint64_t bi) { dirty_table_.insert(bi * 8 / geo_.cluster_size()); }
-    void note_used(uint64_t end) { end_cluster_ = std::max(end_cluster_, end); }
+    awaitable<Result<uint64_t>> refcount_at(uint64_t b, HostClusterIndex c);
+    void mark_table_dirty(uint64_t b) { dirty_table_.insert(b * 8 / geo_.cluster_size()); }
+    void note_used(HostClusterIndex end) { end_cluster_ = std::max(end_cluster_, end); }
 
     io::File& file_;
     Geometry geo_;
@@ -93,9 +125,9 @@ class Refcounts {
     DiskStats& stats_;
     std::set<uint64_t> dirty_table_;  ///< Indices of changed table clusters.
     std::optional<RefTableLocation> relocated_;
-    uint64_t cursor_ = 0;       ///< No free cluster below this one.
-    uint64_t fresh_start_ = 0;  ///< Clusters from here on were never used.
-    uint64_t end_cluster_ = 0;
+    HostClusterIndex cursor_;       ///< No free cluster below this one.
+    HostClusterIndex fresh_start_;  ///< Clusters from here on were never used.
+    HostClusterIndex end_cluster_;
     uint64_t epoch_ = 1;
     struct PendingFree {
         uint64_t epoch;

@@ -4,10 +4,11 @@
 set -euo pipefail
 
 pkgs=(
-  build-essential cmake ninja-build pkg-config git
+  build-essential cmake ninja-build pkg-config git clang-format clang-tidy
   libboost1.81-dev liburing-dev libspdlog-dev libfmt-dev libcli11-dev catch2
   libnbd-dev zlib1g-dev libzstd-dev libsystemd-dev
   qemu-utils libnbd-bin python3-libnbd fio nbdkit
+  qemu-system-x86 socat busybox-static cpio nbd-client e2fsprogs xz-utils
 )
 
 missing=()

@@ -159,6 +159,20 @@ awaitable<int> serve(asio::io_context& io, const Config& cfg, int ready_fd) {
     co_return rc;
 }
 
+/// Runs the reactor until it has no more work. An exception escaping a handler (the io_uring
+/// refusing a submission, say) is logged and the reactor goes on: the operations it concerned
+/// stay queued and are submitted again on the next pass.
+void run_reactor(asio::io_context& io) {
+    for (;;) {
+        try {
+            io.run();
+            return;
+        } catch (const std::exception& e) {
+            spdlog::critical("internal error in the reactor: {}", e.what());
+        }
+    }
+}
+
 /// --fork: the parent waits until the child listens, then exits with its status.
 int fork_server(int& ready_fd) {
     int p[2];
@@ -193,7 +207,7 @@ int run_server(const Config& cfg) {
         rc = e ? 1 : r;
         if (e) spdlog::critical("internal error; exiting");
     });
-    io.run();
+    run_reactor(io);
     return rc;
 }
 

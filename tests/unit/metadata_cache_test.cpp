@@ -1,6 +1,6 @@
 // MetadataCache over a real file (io_uring through io::open_file), with every read counted by
 // the recording file: shared misses, LRU eviction of clean entries only, pinned and dirty
-// entries kept, take_dirty/restore_dirty, create() and drop(). Also the recording file itself:
+// entries kept, take_dirty/restore_dirty and create(). Also the recording file itself:
 // what it logs and its two fault modes.
 #include <catch2/catch.hpp>
 
@@ -257,22 +257,6 @@ TEST_CASE("create gives a zeroed dirty entry without reading", "[metadata_cache]
     });
     CHECK(fx.reads_of(3) == 0);
     CHECK(fx.reads_of(1) == 1);
-}
-
-TEST_CASE("drop forgets an entry and its dirtiness", "[metadata_cache]") {
-    Fixture fx;
-    MetadataCache cache(*fx.file, kCs, 4 * kCs, fx.stats);
-    fx.run([&]() -> awaitable<void> {
-        CacheRef e = co_await get_ok(cache, 2);
-        e->data.data()[0] = std::byte{0x55};
-        cache.mark_dirty(e);
-        e.reset();
-        cache.drop(at(2));
-        CHECK_FALSE(cache.has_dirty());
-        CacheRef back = co_await get_ok(cache, 2);
-        CHECK(first_byte(back) == 3);  // read again from the file
-    });
-    CHECK(fx.reads_of(2) == 2);
 }
 
 // ---- The recording file itself ----

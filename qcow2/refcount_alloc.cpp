@@ -1,0 +1,134 @@
+// The allocator: free runs, refcount blocks for new ranges, and refcount table growth.
+#include <algorithm>
+
+#include "qcow2/header.hpp"
+#include "qcow2/refcounts.hpp"
+
+namespace qnbd::qcow2 {
+
+awaitable<Result<HostClusterIndex>> Refcounts::find_free_run(ClusterCount n) {
+    HostClusterIndex start = cursor_;
+    uint64_t run = 0;
+    for (HostClusterIndex c = cursor_;; ++c) {
+        if (run == 0) start = c;
+        const uint64_t b = block_of(c);
+        if (!has_block(b)) {
+            // No block: the whole range is free, but its first cluster will hold the block.
+            if (c == first_of_block(b)) {
+                run = 0;
+                continue;
+            }
+            if (++run == n.value) co_return start;
+            continue;
+        }
+        auto rc = co_await refcount_at(b, c);
+        if (!rc) co_return rc.error();
+        if (*rc == 0) {
+            if (++run == n.value) co_return start;
+            continue;
+        }
+        run = 0;
+        if (start == cursor_) cursor_ = c + ClusterCount{1};
+    }
+}
+
+awaitable<Result<bool>> Refcounts::ensure_blocks_for(HostClusterIndex first, ClusterCount n) {
+    bool created = false;
+    const uint64_t last = block_of(first + ClusterCount{n.value - 1});
+    for (uint64_t b = block_of(first); b <= last; ++b) {
+        if (has_block(b)) continue;
+        auto r = co_await ensure_block(b);
+        if (!r) co_return r.error();
+        created = true;
+    }
+    co_return created;
+}
+
+awaitable<Result<Allocation>> Refcounts::allocate(ClusterCount n) {
+    while (alloc_busy_) co_await alloc_done_.wait();
+    alloc_busy_ = true;
+    struct Release {
+        Refcounts* r;
+        ~Release() {
+            r->alloc_busy_ = false;
+            r->alloc_done_.notify_all();
+        }
+    } release{this};
+    for (;;) {
+        auto found = co_await find_free_run(n);
+        if (!found) co_return found.error();
+        const HostClusterIndex first = *found;
+        // Every range of the run needs a block; a new block may take a cluster of the run,
+        // so then look again.
+        auto created = co_await ensure_blocks_for(first, n);
+        if (!created) co_return created.error();
+        if (*created) continue;
+        for (HostClusterIndex c = first; c < first + n; ++c)
+            if (auto r = co_await set(c, 1); !r) co_return r.error();
+        const bool fresh = first >= fresh_start_;
+        fresh_start_ = std::max(fresh_start_, first + n);
+        cursor_ = std::max(cursor_, first + n);
+        stats_.clusters_allocated += n.value;
+        co_return Allocation{first, n, fresh};
+    }
+}
+
+awaitable<Result<void>> Refcounts::release(HostClusterIndex first, ClusterCount n) {
+    Result<void> result;
+    for (HostClusterIndex c = first; c < first + n; ++c)
+        if (auto r = co_await adjust(c, -1); !r && result) result = r;
+    co_return result;
+}
+
+awaitable<Result<void>> Refcounts::ensure_block(uint64_t b) {
+    if (b >= table_.size()) {
+        if (auto r = co_await grow_table(b + 1); !r) co_return r;
+    }
+    if (has_block(b)) co_return ok();
+    // A range without a block has no cluster in use: its first cluster holds its block,
+    // which counts itself. The table entry is written after the block (R2).
+    const HostClusterIndex c = first_of_block(b);
+    const HostOffset off = geo_.host_start_of(c);
+    auto e = cache_.create(off);
+    set_refcount(e->data.data(), 0, order_, 1);
+    table_[b] = off.value;
+    mark_table_dirty(b);
+    note_used(c + ClusterCount{1});
+    co_return ok();
+}
+
+awaitable<Result<void>> Refcounts::grow_table(uint64_t needed_entries) {
+    const RefTableShape shape{per_block_, geo_.cluster_size() / 8,
+                              kMaxRefTableBytes / geo_.cluster_size()};
+    auto plan = plan_table_growth(needed_entries, table_.size(), end_cluster_, shape,
+                                  [this](uint64_t b) { return has_block(b); });
+    if (!plan) co_return plan.error();
+    std::vector<uint64_t> grown(table_);
+    grown.resize(plan->entries, 0);
+    HostClusterIndex next = plan->area;
+    const uint64_t last = block_of(HostClusterIndex{plan->end().value - 1});
+    for (uint64_t b = block_of(plan->area); b <= last; ++b) {
+        if (has_block(b)) continue;
+        const HostOffset off = geo_.host_start_of(next);
+        ++next;
+        cache_.create(off);
+        grown[b] = off.value;
+    }
+    const RefTableLocation old = loc_;
+    table_ = std::move(grown);
+    loc_ = RefTableLocation{geo_.host_start_of(plan->table_start()),
+                            static_cast<uint32_t>(plan->table_clusters.value)};
+    // R3: the new table is written whole, then the header points to it; the old table is
+    // freed only after that barrier.
+    relocated_ = loc_;
+    dirty_table_.clear();
+    for (uint64_t i = 0; i < plan->table_clusters.value; ++i) dirty_table_.insert(i);
+    note_used(plan->end());
+    fresh_start_ = std::max(fresh_start_, plan->end());
+    for (HostClusterIndex c = plan->area; c < plan->end(); ++c)
+        if (auto r = co_await set(c, 1); !r) co_return r;
+    if (old.clusters) defer_free(old.offset, geo_.bytes(ClusterCount{old.clusters}));
+    co_return ok();
+}
+
+}  // namespace qnbd::qcow2
