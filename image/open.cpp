@@ -59,6 +59,16 @@ Result<void> check_table(const std::vector<uint64_t>& t, uint64_t reserved, uint
     return ok();
 }
 
+/// How a file of the image in `role` is opened: access, cache mode and its image lock.
+Result<io::OpenFlags> file_flags(const OpenOptions& opts, io::ImageFileRole role) {
+    io::OpenFlags f{!opts.read_only, false, opts.direct, std::nullopt};
+    if (!opts.lock) return f;
+    auto lock = io::lock_request(role, f.writable, opts.force_share);
+    if (!lock) return lock.error();
+    f.lock = *lock;
+    return f;
+}
+
 struct Chain {
     std::set<std::string> seen;  ///< Canonical paths already open in this chain.
     int depth = 0;
@@ -91,6 +101,8 @@ awaitable<Result<std::shared_ptr<Disk>>> open_backing(asio::any_io_executor ex,
     OpenOptions bo;
     bo.read_only = true;
     bo.direct = opts.direct;
+    bo.lock = opts.lock;
+    bo.force_share = opts.force_share;
     bo.file_opener = opts.file_opener;
     bo.format = h.backing_format;
     if (!bo.format.empty() && bo.format != "qcow2" && bo.format != "raw")
@@ -108,12 +120,12 @@ awaitable<Result<std::unique_ptr<io::File>>> open_data_file(asio::any_io_executo
                                                             const std::string& path,
                                                             const Header& h,
                                                             const OpenOptions& opts) {
-    const bool writable = !opts.read_only;
     if (!h.has_data_file()) co_return std::unique_ptr<io::File>{};
     if (h.data_file.empty())
         co_return Error{EINVAL, "image has an external data file but no data file name"};
-    auto f = opts.file_opener(ex, resolve(path, h.data_file),
-                              io::OpenFlags{writable, false, opts.direct});
+    auto flags = file_flags(opts, io::ImageFileRole::DataFile);
+    if (!flags) co_return flags.error();
+    auto f = opts.file_opener(ex, resolve(path, h.data_file), *flags);
     if (!f) co_return Error{f.error().code, "cannot open data file: " + f.error().message};
     co_return std::move(*f);
 }
@@ -167,7 +179,10 @@ awaitable<Result<std::shared_ptr<Disk>>> open_layer(asio::any_io_executor ex, st
     auto canon = fs::weakly_canonical(path, ec).string();
     if (!chain.seen.insert(ec ? path : canon).second)
         co_return Error{EINVAL, "backing chain loops back to " + path};
-    auto file = opts.file_opener(ex, path, io::OpenFlags{!opts.read_only, false, opts.direct});
+    auto flags =
+        file_flags(opts, chain.depth == 0 ? io::ImageFileRole::Top : io::ImageFileRole::Backing);
+    if (!flags) co_return flags.error();
+    auto file = opts.file_opener(ex, path, *flags);
     if (!file) co_return file.error();
     auto size = (*file)->size();
     if (!size) co_return size.error();

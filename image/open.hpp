@@ -19,8 +19,13 @@ struct OpenOptions {
     /// "qcow2", "raw", or empty: empty requires the qcow2 magic (a raw file is refused unless
     /// "raw" is asked for, so a guest can never make qnbd reinterpret its disk).
     std::string format;
-    bool direct = false;                ///< O_DIRECT on the image and data files (--cache=none).
-    bool writethrough = false;          ///< Every write is durable before it completes.
+    bool direct = false;        ///< O_DIRECT on the image and data files (--cache=none).
+    bool writethrough = false;  ///< Every write is durable before it completes.
+    /// Take QEMU-compatible image locks on every file (io/image_lock.hpp), so qemu and qnbd
+    /// never write an image another of them uses.
+    bool lock = true;
+    /// Read-only only: share every permission, as qemu's -U/--force-share.
+    bool force_share = false;
     uint64_t metadata_cache_bytes = 0;  ///< L2 + refcount cache budget; 0 picks the default.
     /// Opens every file of the image (image, data file, backing files). Defaults to
     /// io::open_file (io_uring); tests pass recording or fault-injecting files here.

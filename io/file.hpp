@@ -9,11 +9,13 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 
 #include "base/result.hpp"
 #include "base/types.hpp"
+#include "io/image_lock.hpp"
 
 namespace qnbd::io {
 
@@ -27,11 +29,14 @@ enum class Fallocate {
     Allocate,   ///< Reserve blocks (reading as zeros) for the range, growing the file to cover it.
 };
 
-/// How the file is opened: page cache or O_DIRECT, and whether writes are synchronous.
+/// How the file is opened: page cache or O_DIRECT, and the image lock it holds.
 struct OpenFlags {
     bool writable = false;
     bool create = false;  ///< Create (or truncate) the file.
     bool direct = false;  ///< O_DIRECT; open_file wraps the file so any request still works.
+    /// QEMU-compatible locks taken right after open and held while the file is open
+    /// (io/image_lock.hpp); none when empty.
+    std::optional<LockRequest> lock;
 };
 
 /// Which kind of region seek() looks for.

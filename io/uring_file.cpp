@@ -43,8 +43,13 @@ size_t total(std::span<const iovec> iov) {
 
 class UringFile final : public File {
   public:
-    UringFile(asio::any_io_executor ex, int fd, std::string path, bool direct)
-        : ex_(ex), ring_(Ring::of(ex)), fd_(fd), path_(std::move(path)), direct_(direct) {}
+    UringFile(asio::any_io_executor ex, int fd, std::string path, bool direct, ImageLock lock)
+        : ex_(ex),
+          ring_(Ring::of(ex)),
+          fd_(fd),
+          path_(std::move(path)),
+          direct_(direct),
+          lock_(std::move(lock)) {}
     ~UringFile() override { ::close(fd_); }
 
     awaitable<Result<size_t>> readv(HostOffset off, std::span<const iovec> iov) override {
@@ -157,6 +162,7 @@ class UringFile final : public File {
     int fd_;
     std::string path_;
     bool direct_;
+    ImageLock lock_;  ///< Held for as long as the file is open.
 };
 
 }  // namespace
@@ -173,9 +179,18 @@ Result<std::unique_ptr<File>> open_file(asio::any_io_executor ex, const std::str
         ::close(fd);
         return Error{EINVAL, path + " is not a regular file or block device"};
     }
+    ImageLock lock;
+    if (flags.lock) {
+        auto l = ImageLock::acquire(fd, path, *flags.lock);
+        if (!l) {
+            ::close(fd);
+            return l.error();
+        }
+        lock = std::move(*l);
+    }
     std::unique_ptr<File> file;
     try {
-        file.reset(new UringFile(ex, fd, path, flags.direct));
+        file.reset(new UringFile(ex, fd, path, flags.direct, std::move(lock)));
     } catch (const std::system_error& e) {
         ::close(fd);
         return Error{e.code().value(), "cannot set up io_uring for " + path + ": " + e.what()};

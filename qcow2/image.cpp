@@ -83,6 +83,7 @@ awaitable<Result<std::shared_ptr<Qcow2Image>>> Qcow2Image::create(ImageParts par
     if (auto r = co_await img->clear_autoclear_bits(); !r) co_return r.error();
     if (img->header_.dirty()) {
         if (auto r = co_await img->rebuild_refcounts(); !r) co_return r.error();
+        img->trim_tail_ = true;
         if (auto r = co_await img->flush(); !r) co_return r.error();
     }
     co_return img;

@@ -182,7 +182,8 @@ class Qcow2Image final : public Disk, public std::enable_shared_from_this<Qcow2I
     /// instead of extending the file or filling holes (which the file system serialises).
     void maybe_preallocate(HostOffset allocated_end);
     awaitable<void> preallocate(std::shared_ptr<Qcow2Image> self, uint64_t from, uint64_t len);
-    /// Waits for a preallocation in flight, then gives back the reserved tail nothing uses.
+    /// Waits for a preallocation in flight, then cuts the file after its last used cluster
+    /// (the reserved tail, or after a crash whatever lies past the last referenced cluster).
     awaitable<Result<void>> trim_preallocation();
 
     // Barriers (image_flush.cpp).
@@ -225,7 +226,7 @@ class Qcow2Image final : public Disk, public std::enable_shared_from_this<Qcow2I
     uint64_t reserved_end_ = 0;   ///< End of the image file including preallocation.
     bool preallocating_ = false;  ///< A preallocate() is in flight.
     bool prealloc_off_ = false;   ///< The file system refused: no more preallocation.
-    bool preallocated_ = false;   ///< The file was grown ahead of use.
+    bool trim_tail_ = false;      ///< The file may run past its last used cluster (R11).
     Notifier prealloc_done_;
 
     std::vector<uint64_t> l1_;

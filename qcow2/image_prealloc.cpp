@@ -50,7 +50,7 @@ awaitable<void> Qcow2Image::preallocate(std::shared_ptr<Qcow2Image> self, uint64
     }
     if (r) {
         reserved_end_ = from + len;
-        preallocated_ = true;
+        trim_tail_ = true;
     } else {
         // Unsupported, or no space left: new clusters extend the file as they are written,
         // and a real shortage of space surfaces on those writes.
@@ -60,8 +60,8 @@ awaitable<void> Qcow2Image::preallocate(std::shared_ptr<Qcow2Image> self, uint64
 
 awaitable<Result<void>> Qcow2Image::trim_preallocation() {
     while (preallocating_) co_await prealloc_done_.wait();
-    if (!preallocated_) co_return ok();
-    preallocated_ = false;
+    if (!trim_tail_) co_return ok();
+    trim_tail_ = false;
     const uint64_t used = geo_.host_start_of(refcounts_->end_cluster()).value;
     auto size = file_->size();
     if (!size) co_return size.error();

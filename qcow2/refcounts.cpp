@@ -151,6 +151,11 @@ awaitable<Result<void>> Refcounts::reconcile(const std::vector<uint64_t>& counts
             if (want == 0) cursor_ = std::min(cursor_, HostClusterIndex{first + i});
         }
     }
+    // After a crash the file may run past its last referenced cluster (a reserved tail, or
+    // clusters whose references never became durable): only referenced clusters are in use.
+    uint64_t last = counts.size();
+    while (last > 0 && counts[last - 1] == 0) --last;
+    end_cluster_ = HostClusterIndex{last};
     co_return ok();
 }
 

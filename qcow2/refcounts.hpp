@@ -83,7 +83,8 @@ class Refcounts {
     awaitable<Result<void>> apply_frees(uint64_t cut);
     bool has_pending_frees() const { return !pending_.empty(); }
 
-    /// Sets every refcount to `counts` (index: host cluster), for the rebuild of a dirty image.
+    /// Sets every refcount to `counts` (index: host cluster), for the rebuild of a dirty image;
+    /// the end of the used clusters becomes the last one referenced.
     awaitable<Result<void>> reconcile(const std::vector<uint64_t>& counts);
 
     /// Captures every dirty block, changed table cluster and a table move, and marks them

@@ -57,6 +57,8 @@ void add_server_options(CLI::App& app, Config& c, std::string& cache, std::strin
     app.add_option("-x,--export-name", c.export_name, "export name (default empty)");
     app.add_option("-D,--description", c.description, "export description");
     app.add_flag("-r,--read-only", c.read_only, "export read-only");
+    app.add_flag("-U,--force-share", c.force_share,
+                 "with -r: serve an image other programs are writing (takes no lock on it)");
     app.add_option("-f,--format", c.format, "image format: qcow2 or raw (default: qcow2, required)")
         ->check(CLI::IsMember({"qcow2", "raw"}));
     app.add_flag("-t,--persistent", c.persistent, "keep serving after the last client leaves");
@@ -145,6 +147,7 @@ Command parse_create(int argc, char** argv) {
 OpenOptions open_options(const Config& c) {
     OpenOptions o;
     o.read_only = c.read_only;
+    o.force_share = c.force_share;
     o.format = c.format;
     o.direct = c.cache == CacheMode::None || c.cache == CacheMode::Directsync;
     o.writethrough = c.cache == CacheMode::Writethrough || c.cache == CacheMode::Directsync;

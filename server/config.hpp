@@ -25,7 +25,8 @@ struct Config {
     std::string export_name;  ///< Default "" like qemu-nbd.
     std::string description;
     bool read_only = false;
-    std::string format;  ///< "", "qcow2" or "raw".
+    bool force_share = false;  ///< -U: with -r, share the image with writers (no image lock).
+    std::string format;        ///< "", "qcow2" or "raw".
     bool persistent = false;
     uint32_t shared = 1;  ///< Simultaneous clients; 0 = unlimited.
     CacheMode cache = CacheMode::Writeback;

@@ -14,6 +14,7 @@
 
 #include "disk/window_disk.hpp"
 #include "image/open.hpp"
+#include "io/image_lock.hpp"
 #include "qcow2/create.hpp"
 #include "server/cli.hpp"
 #include "server/kernel.hpp"
@@ -27,6 +28,7 @@ void setup_logging(bool verbose) {
     spdlog::set_default_logger(logger);
     spdlog::set_pattern("%Y-%m-%d %H:%M:%S.%e qnbd[%P] %l: %v");
     spdlog::set_level(verbose ? spdlog::level::debug : spdlog::level::info);
+    io::set_image_lock_warning_handler([](const std::string& m) { spdlog::warn("{}", m); });
 }
 
 int run_create(const CreateCommand& c) {

@@ -136,9 +136,10 @@ for want in "READ offset=12288 length=4096" "WRITE offset=1048576 length=512" "F
     grep -q "$want" "${SRV_LOG[verbose]}" || fail "-v does not log '$want'"
 done
 
-# A port already in use.
+# A port already in use (by a server of another image: this one is locked by the first).
 start_server busy -t "$T/a.qcow2"
-expect_refusal "port in use" "listen|in use" -p "${SRV_PORT[busy]}" "$T/a.qcow2"
+mkimg "$T/other.qcow2" 16M
+expect_refusal "port in use" "listen|in use" -p "${SRV_PORT[busy]}" "$T/other.qcow2"
 stop_server busy
 
 # -b: IPv6 loopback and all IPv4 interfaces.

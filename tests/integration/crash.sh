@@ -3,7 +3,8 @@
 # (plain and lazy_refcounts images). The image must not be corrupt (qemu-img check: no errors;
 # leaked clusters are acceptable after a crash), flushed data must be intact, qnbd must serve it
 # again, and after a clean shutdown the image is fully clean (a lazy-refcounts image has its
-# refcounts rebuilt, so no leaks either).
+# refcounts rebuilt, so no leaks either) and the file ends at its last used cluster (the tail
+# reserved before the crash is cut at the next clean close).
 source "$(dirname "$0")/lib/common.bash"
 need qemu-img qemu-io
 need_python_nbd
@@ -16,6 +17,11 @@ check_not_corrupt() {
     [[ $rc == 0 || ($rc == 3 && ${2:-0} == 1) ]] || fail "qemu-img check $1: exit $rc"
     grep -qiE "^ERROR|corrupt" <<<"$out" && fail "qemu-img check $1 reports corruption"
     return 0
+}
+
+# image_end IMAGE: qemu-img check's "Image end offset".
+image_end() {
+    qemu-img check -f qcow2 "$1" 2>/dev/null | sed -n 's/^Image end offset: //p'
 }
 
 verify_77() {
@@ -43,6 +49,7 @@ for opts in "" "lazy_refcounts=on" "cluster_size=4096"; do
     say "after SIGKILL ($opts):"
     check_not_corrupt "$img" 1
     verify_77 "$img"
+    say "file after SIGKILL: $(stat -c %s "$img") bytes, image end $(image_end "$img")"
 
     # Served again: data intact, writable, then a clean shutdown.
     start_server r$n -t -e 0 "$img"
@@ -60,5 +67,8 @@ PY
     say "after a clean restart ($opts):"
     if [[ $opts == lazy_refcounts=on ]]; then check_not_corrupt "$img" 0; else check_not_corrupt "$img" 1; fi
     verify_77 "$img"
+    size=$(stat -c %s "$img") end=$(image_end "$img")
+    [[ -n $end ]] && ((size <= end)) ||
+        fail "$img is $size bytes, past its last used cluster at ${end:-?}: tail not trimmed"
 done
 finish

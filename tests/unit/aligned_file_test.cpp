@@ -164,7 +164,8 @@ struct Fixture {
     /// `align` is 0, a StrictFile and a second adapter with `align` on top. False, after a
     /// warning, where the file system refuses O_DIRECT.
     bool open(size_t align) {
-        auto f = io::open_file(io.get_executor(), path, io::OpenFlags{true, true, true});
+        auto f =
+            io::open_file(io.get_executor(), path, io::OpenFlags{true, true, true, std::nullopt});
         if (!f && f.error().code == EINVAL) {
             WARN("O_DIRECT is not available here, skipping: " << f.error().message);
             return false;

@@ -35,7 +35,8 @@ struct Fixture {
             f.write(c.data(), static_cast<std::streamsize>(c.size()));
         }
         f.close();
-        auto r = test::recording_opener(log)(ctx.get_executor(), path, io::OpenFlags{true});
+        auto r = test::recording_opener(log)(ctx.get_executor(), path,
+                                             io::OpenFlags{true, false, false, std::nullopt});
         REQUIRE(r);
         file = std::move(*r);
     }

@@ -51,7 +51,8 @@ std::unique_ptr<io::File> refcount_file(asio::io_context& io, const std::string&
                      static_cast<off_t>(block_at * geo.cluster_size())) ==
             static_cast<ssize_t>(block.size()));
     ::close(fd);
-    auto f = io::open_file(io.get_executor(), path, io::OpenFlags{true, false, false});
+    auto f =
+        io::open_file(io.get_executor(), path, io::OpenFlags{true, false, false, std::nullopt});
     REQUIRE(f);
     return std::move(*f);
 }
