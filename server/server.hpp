@@ -5,6 +5,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <memory>
 #include <optional>
 #include <set>
@@ -15,6 +16,14 @@
 #include "server/export.hpp"
 
 namespace qnbd::server {
+
+/// A listening socket and the timer that spaces out its accepts after failures.
+template <class Acceptor>
+struct Listener {
+    explicit Listener(asio::io_context& io) : acceptor(io), retry(io) {}
+    Acceptor acceptor;
+    asio::steady_timer retry;
+};
 
 /// Accepts clients for the exports of a registry until told to stop.
 class Server {
@@ -29,7 +38,7 @@ class Server {
 
   private:
     template <class Acceptor>
-    awaitable<void> accept_loop(Acceptor& acceptor);
+    awaitable<void> accept_loop(Listener<Acceptor>& l);
     awaitable<void> serve_client(std::unique_ptr<Transport> t);
     void stop(bool drop_clients);
     ConnectionLimits limits() const;
@@ -37,8 +46,8 @@ class Server {
     asio::io_context& io_;
     const Config& cfg_;
     ExportRegistry& exports_;
-    std::optional<asio::ip::tcp::acceptor> tcp_;
-    std::optional<asio::local::stream_protocol::acceptor> unix_;
+    std::optional<Listener<asio::ip::tcp::acceptor>> tcp_;
+    std::optional<Listener<asio::local::stream_protocol::acceptor>> unix_;
     size_t clients_ = 0;
     bool had_client_ = false;
     bool stopping_ = false;
