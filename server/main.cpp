@@ -18,6 +18,7 @@
 #include "server/cli.hpp"
 #include "server/kernel.hpp"
 #include "server/server.hpp"
+#include "server/spawn.hpp"
 
 namespace qnbd::server {
 namespace {
@@ -191,7 +192,7 @@ int run_server(const Config& cfg) {
     int rc = 1;
     asio::co_spawn(io, serve(io, cfg, ready_fd), [&rc](std::exception_ptr e, int r) {
         rc = e ? 1 : r;
-        if (e) spdlog::critical("internal error; exiting");
+        if (e) spdlog::critical("internal error: {}; exiting", exception_message(e));
     });
     io.run();
     return rc;

@@ -6,10 +6,11 @@
 #include <algorithm>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <chrono>
 #include <filesystem>
+
+#include "server/spawn.hpp"
 
 namespace qnbd::server {
 
@@ -143,22 +144,33 @@ awaitable<void> Server::accept_loop(Listener<Acceptor>& l) {
             continue;
         }
         backoff.ended("accepting again");
-        asio::co_spawn(io_, serve_client(accepted(std::move(sock))), asio::detached);
+        auto t = accepted(std::move(sock));
+        const std::string peer = t->peer();
+        asio::co_spawn(io_, serve_client(std::move(t)), log_if_thrown(peer));
     }
     backoff.ended("stopped accepting");
 }
 
 awaitable<void> Server::serve_client(std::unique_ptr<Transport> t) {
-    ++clients_;
-    had_client_ = true;
     const std::string peer = t->peer();
-    spdlog::info("{}: connected ({} client{})", peer, clients_, clients_ == 1 ? "" : "s");
     auto conn = std::make_shared<Connection>(io_.get_executor(), std::move(t), exports_, limits());
     connections_.insert(conn);
+    ++clients_;
+    had_client_ = true;
+    // Also when run() throws: the client must not stay counted, or the server would never stop.
+    struct Left {
+        Server* s;
+        std::shared_ptr<Connection> conn;
+        ~Left() { s->client_left(conn); }
+    } left{this, conn};
+    spdlog::info("{}: connected ({} client{})", peer, clients_, clients_ == 1 ? "" : "s");
     co_await conn->run();
+    spdlog::info("{}: disconnected", peer);
+}
+
+void Server::client_left(const std::shared_ptr<Connection>& conn) {
     connections_.erase(conn);
     --clients_;
-    spdlog::info("{}: disconnected", peer);
     changed_.notify_all();
     if (!cfg_.persistent && clients_ == 0) stop(false);
 }
@@ -192,8 +204,8 @@ awaitable<void> Server::run() {
         spdlog::info("signal {} received; shutting down", sig);
         stop(true);
     });
-    if (tcp_) asio::co_spawn(io_, accept_loop(*tcp_), asio::detached);
-    if (unix_) asio::co_spawn(io_, accept_loop(*unix_), asio::detached);
+    if (tcp_) asio::co_spawn(io_, accept_loop(*tcp_), log_if_thrown("accept loop"));
+    if (unix_) asio::co_spawn(io_, accept_loop(*unix_), log_if_thrown("accept loop"));
     while (!stopping_ || clients_ > 0 || accept_loops_ > 0) co_await changed_.wait();
     signals.cancel();
     if (!cfg_.socket_path.empty()) ::unlink(cfg_.socket_path.c_str());

@@ -40,6 +40,7 @@ class Server {
     template <class Acceptor>
     awaitable<void> accept_loop(Listener<Acceptor>& l);
     awaitable<void> serve_client(std::unique_ptr<Transport> t);
+    void client_left(const std::shared_ptr<Connection>& conn);
     void stop(bool drop_clients);
     ConnectionLimits limits() const;
 
