@@ -31,7 +31,6 @@ struct ConnectionLimits {
     unsigned handshake_timeout_s = 10;
     size_t max_in_flight = 64;                  ///< Requests served at once.
     uint64_t max_in_flight_bytes = 256u << 20;  ///< Payload and read buffers held at once.
-    bool verbose = false;
 };
 
 /// Bytes received ahead of the transmission reader: request headers arrive many per read.

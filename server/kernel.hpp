@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <thread>
 
@@ -28,8 +29,5 @@ class KernelDevice {
 
 /// Disconnects `device` (qnbd -d); returns a message for the user.
 Result<void> kernel_disconnect(const std::string& device);
-
-/// Why the kernel client cannot be used here, or empty if /dev/nbd0 exists.
-std::string kernel_nbd_unavailable_reason();
 
 }  // namespace qnbd::server

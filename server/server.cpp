@@ -85,7 +85,6 @@ Server::Server(asio::io_context& io, const Config& cfg, ExportRegistry& exports)
 ConnectionLimits Server::limits() const {
     ConnectionLimits l;
     l.handshake_timeout_s = cfg_.handshake_timeout_s;
-    l.verbose = cfg_.verbose;
     return l;
 }
 
@@ -156,7 +155,6 @@ awaitable<void> Server::serve_client(std::unique_ptr<Transport> t) {
     auto conn = std::make_shared<Connection>(io_.get_executor(), std::move(t), exports_, limits());
     connections_.insert(conn);
     ++clients_;
-    had_client_ = true;
     // Also when run() throws: the client must not stay counted, or the server would never stop.
     struct Left {
         Server* s;

@@ -50,7 +50,6 @@ class Server {
     std::optional<Listener<asio::ip::tcp::acceptor>> tcp_;
     std::optional<Listener<asio::local::stream_protocol::acceptor>> unix_;
     size_t clients_ = 0;
-    bool had_client_ = false;
     bool stopping_ = false;
     size_t accept_loops_ = 0;  ///< Accept loops still running; run() waits for them.
     Notifier changed_;

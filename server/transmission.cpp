@@ -6,7 +6,6 @@
 #include <boost/asio/post.hpp>
 #include <cstring>
 
-#include "protocol/errors.hpp"
 #include "server/connection.hpp"
 #include "server/request.hpp"
 #include "server/spawn.hpp"
