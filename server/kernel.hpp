@@ -27,7 +27,7 @@ class KernelDevice {
     std::thread thread_;
 };
 
-/// Disconnects `device` (qnbd -d); returns a message for the user.
+/// Disconnects `device` (qnbd -d); an error names the device and the call that failed.
 Result<void> kernel_disconnect(const std::string& device);
 
 }  // namespace qnbd::server

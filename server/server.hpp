@@ -1,5 +1,5 @@
-// The reactor side of qnbd: listening sockets, connection accounting (-e, -t), signals and a
-// clean shutdown that writes the image back before exiting.
+// The reactor side of qnbd: listening sockets, connection accounting (-e, -t), signals, and
+// stopping cleanly (the caller closes the image once run() returns).
 #pragma once
 
 #include <boost/asio/io_context.hpp>
@@ -29,7 +29,7 @@ struct Listener {
 class Server {
   public:
     Server(asio::io_context& io, const Config& cfg, ExportRegistry& exports);
-    /// Binds the listening socket(s); errors name the address.
+    /// Binds the listening socket: the unix socket of -k, else TCP; errors name the address.
     Result<void> listen();
     /// Serves until a signal, or until the last client leaves without -t.
     awaitable<void> run();
