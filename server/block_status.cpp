@@ -16,7 +16,8 @@ uint32_t status_of(const Extent& e, MetaContext m) {
     return (e.data ? 0 : NBD_STATE_HOLE) | (e.zero ? NBD_STATE_ZERO : 0);
 }
 
-/// Descriptors for [off, off+len) in context `m`, adjacent equal statuses merged.
+/// Descriptors of `extents` in context `m`, adjacent equal statuses merged; with `one`
+/// (NBD_CMD_FLAG_REQ_ONE) only the first.
 std::vector<BlockDescriptor> describe(const std::vector<Extent>& extents, MetaContext m, bool one) {
     std::vector<BlockDescriptor> out;
     for (const Extent& e : extents) {

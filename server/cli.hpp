@@ -3,7 +3,6 @@
 
 #include <string>
 #include <variant>
-#include <vector>
 
 #include "qcow2/create.hpp"
 #include "server/config.hpp"

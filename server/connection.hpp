@@ -28,10 +28,9 @@ struct Negotiated {
 
 /// Per-connection limits.
 struct ConnectionLimits {
-    unsigned handshake_timeout_s = 10;
+    unsigned handshake_timeout_s = 10;          ///< 0: no limit.
     size_t max_in_flight = 64;                  ///< Requests served at once.
     uint64_t max_in_flight_bytes = 256u << 20;  ///< Payload and read buffers held at once.
-    bool verbose = false;
 };
 
 /// Bytes received ahead of the transmission reader: request headers arrive many per read.

@@ -1,5 +1,5 @@
 // Exports: a named Disk with the features its connections offer. The registry maps names to
-// exports so one process can serve several; connections to one export share its Disk.
+// exports (qnbd serves one, named by -x); connections to one export share its Disk.
 #pragma once
 
 #include <map>

@@ -4,7 +4,6 @@
 #include <linux/nbd.h>
 #include <spdlog/spdlog.h>
 #include <sys/ioctl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -63,14 +62,6 @@ Result<void> kernel_disconnect(const std::string& device) {
     ::close(fd);
     if (rc < 0) return Error{err, device + ": NBD_DISCONNECT: " + std::strerror(err)};
     return ok();
-}
-
-std::string kernel_nbd_unavailable_reason() {
-    struct stat st;
-    if (::stat("/dev/nbd0", &st) == 0) return {};
-    if (::stat("/sys/module/nbd", &st) != 0)
-        return "the nbd kernel module is not loaded (no /sys/module/nbd)";
-    return "/dev/nbd0 does not exist";
 }
 
 }  // namespace qnbd::server

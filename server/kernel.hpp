@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <thread>
 
@@ -26,10 +27,7 @@ class KernelDevice {
     std::thread thread_;
 };
 
-/// Disconnects `device` (qnbd -d); returns a message for the user.
+/// Disconnects `device` (qnbd -d); an error names the device and the call that failed.
 Result<void> kernel_disconnect(const std::string& device);
-
-/// Why the kernel client cannot be used here, or empty if /dev/nbd0 exists.
-std::string kernel_nbd_unavailable_reason();
 
 }  // namespace qnbd::server

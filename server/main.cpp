@@ -6,9 +6,10 @@
 #include <unistd.h>
 
 #include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -19,6 +20,7 @@
 #include "server/cli.hpp"
 #include "server/kernel.hpp"
 #include "server/server.hpp"
+#include "server/spawn.hpp"
 
 namespace qnbd::server {
 namespace {
@@ -207,7 +209,7 @@ int run_server(const Config& cfg) {
     int rc = 1;
     asio::co_spawn(io, serve(io, cfg, ready_fd), [&rc](std::exception_ptr e, int r) {
         rc = e ? 1 : r;
-        if (e) spdlog::critical("internal error; exiting");
+        if (e) spdlog::critical("internal error: {}; exiting", exception_message(e));
     });
     run_reactor(io);
     return rc;

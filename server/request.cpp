@@ -3,9 +3,11 @@
 #include <spdlog/spdlog.h>
 
 #include <cstring>
+#include <vector>
 
 #include "base/buffer.hpp"
 #include "protocol/errors.hpp"
+#include "protocol/read_reply.hpp"
 
 namespace qnbd::server {
 
@@ -85,53 +87,28 @@ awaitable<void> RequestHandler::reply_error(uint32_t err, const std::string& mes
 awaitable<void> RequestHandler::read() {
     // Aligned, so O_DIRECT reads land in it directly; the engine fills every byte.
     Buffer buf = Buffer::uninitialized(r_.length);
+    const ReadReply reply{.cookie = r_.cookie,
+                          .offset = r_.offset,
+                          .length = r_.length,
+                          .structured = c_.neg_->structured,
+                          .dont_fragment = (r_.flags & NBD_CMD_FLAG_DF) != 0};
     std::vector<ZeroRun> zeros;
-    const bool structured = c_.neg_->structured;
-    const bool df = r_.flags & NBD_CMD_FLAG_DF;
     auto r = co_await exp().disk->read(GuestOffset{r_.offset}, buf.span(),
-                                       structured && !df ? &zeros : nullptr);
+                                       reply.uses_holes() ? &zeros : nullptr);
     if (!r) {
         spdlog::warn("{}: READ at offset {} length {} failed: {}", c_.peer(), r_.offset, r_.length,
                      r.error().message);
         co_return co_await reply_error(nbd_error(r.error().code, r_), r.error().message);
     }
-    if (!structured) {
-        auto h = encode_simple_reply(NBD_SUCCESS, r_.cookie);
-        asio::const_buffer b[2] = {{h.data(), h.size()}, {buf.data(), buf.size()}};
-        co_await c_.send(b);
-        co_return;
-    }
-    // Structured: data and hole chunks in order; the last one carries DONE.
-    std::vector<std::array<std::byte, kChunkHeaderSize + 12>> heads;
-    heads.reserve(zeros.size() * 2 + 1);
+    std::vector<ReadHole> holes;
+    holes.reserve(zeros.size());
+    for (const ZeroRun& z : zeros) holes.push_back({z.offset, z.length});
+    const std::vector<ReadReplyPart> parts = encode_read_reply(reply, holes);
     std::vector<asio::const_buffer> out;
-    auto add_data = [&](uint64_t from, uint64_t to, bool last) {
-        auto h = encode_offset_data_header(last ? NBD_REPLY_FLAG_DONE : 0, r_.cookie,
-                                           r_.offset + from, static_cast<uint32_t>(to - from));
-        heads.emplace_back();
-        std::memcpy(heads.back().data(), h.data(), h.size());
-        out.emplace_back(heads.back().data(), h.size());
-        out.emplace_back(buf.data() + from, to - from);
-    };
-    uint64_t pos = 0;
-    for (size_t i = 0; i < zeros.size(); ++i) {
-        const ZeroRun& z = zeros[i];
-        if (z.offset > pos) add_data(pos, z.offset, false);
-        const bool last = z.offset + z.length == buf.size();
-        heads.push_back(encode_offset_hole(last ? NBD_REPLY_FLAG_DONE : 0, r_.cookie,
-                                           r_.offset + z.offset, static_cast<uint32_t>(z.length)));
-        out.emplace_back(heads.back().data(), heads.back().size());
-        pos = z.offset + z.length;
-    }
-    if (pos < buf.size() || buf.size() == 0) {
-        if (buf.size() == 0) {
-            auto none = encode_chunk_none(r_.cookie);
-            heads.emplace_back();
-            std::memcpy(heads.back().data(), none.data(), none.size());
-            out.emplace_back(heads.back().data(), none.size());
-        } else {
-            add_data(pos, buf.size(), true);
-        }
+    out.reserve(parts.size() * 2);
+    for (const ReadReplyPart& p : parts) {
+        out.emplace_back(p.bytes.data(), p.size);
+        if (p.data_length) out.emplace_back(buf.data() + p.data_offset, p.data_length);
     }
     co_await c_.send(out);
 }

@@ -2,7 +2,6 @@
 #pragma once
 
 #include <string>
-#include <vector>
 
 #include "base/buffer.hpp"
 #include "protocol/transmission.hpp"

@@ -3,21 +3,79 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <chrono>
 #include <filesystem>
+
+#include "server/spawn.hpp"
 
 namespace qnbd::server {
 
 namespace {
+
+using std::chrono::milliseconds;
 
 std::string endpoint_name(const asio::ip::tcp::endpoint& ep) {
     auto a = ep.address();
     return (a.is_v6() ? "[" + a.to_string() + "]" : a.to_string()) + ":" +
            std::to_string(ep.port());
 }
+
+/// The transport of an accepted TCP client, named by its address.
+std::unique_ptr<Transport> accepted(asio::ip::tcp::socket sock) {
+    error_code ec;
+    sock.set_option(asio::ip::tcp::no_delay(true), ec);
+    auto ep = sock.remote_endpoint(ec);
+    std::string peer = ec ? "tcp client" : endpoint_name(ep);
+    return std::make_unique<SocketTransport<asio::ip::tcp::socket>>(std::move(sock), peer);
+}
+
+/// The transport of an accepted unix socket client, named by its descriptor.
+std::unique_ptr<Transport> accepted(asio::local::stream_protocol::socket sock) {
+    std::string peer = "unix client " + std::to_string(sock.native_handle());
+    return std::make_unique<SocketTransport<asio::local::stream_protocol::socket>>(std::move(sock),
+                                                                                   peer);
+}
+
+/// When to accept again after failures. Asio retries the per-connection errors (ECONNABORTED,
+/// EPROTO) itself, so what reaches the loop (EMFILE, ENFILE, ENOBUFS, ENOMEM) lasts until
+/// descriptors or memory are freed: retrying at once would spin. The wait starts at 100 ms and
+/// doubles up to 1 s; a success ends the episode. Each episode is logged when it starts and,
+/// with its count, when it ends.
+class AcceptBackoff {
+  public:
+    /// Records a failure; returns how long to wait before the next accept.
+    milliseconds failed(const error_code& ec) {
+        if (failures_++ == 0) {
+            spdlog::warn("accept failed: {}; retrying with backoff", ec.message());
+            start_ = std::chrono::steady_clock::now();
+            delay_ = kFirst;
+        } else {
+            delay_ = std::min(delay_ * 2, kMax);
+        }
+        last_ = ec;
+        return delay_;
+    }
+    /// Ends the current episode of failures, if any, logging how it went.
+    void ended(const char* outcome) {
+        if (!failures_) return;
+        auto ms =
+            std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - start_);
+        spdlog::warn("accept failed {} times in {} ms (last: {}); {}", failures_, ms.count(),
+                     last_.message(), outcome);
+        failures_ = 0;
+    }
+
+  private:
+    static constexpr milliseconds kFirst{100}, kMax{1000};
+    uint64_t failures_ = 0;
+    milliseconds delay_{0};
+    error_code last_;
+    std::chrono::steady_clock::time_point start_;
+};
 
 }  // namespace
 
@@ -27,7 +85,6 @@ Server::Server(asio::io_context& io, const Config& cfg, ExportRegistry& exports)
 ConnectionLimits Server::limits() const {
     ConnectionLimits l;
     l.handshake_timeout_s = cfg_.handshake_timeout_s;
-    l.verbose = cfg_.verbose;
     return l;
 }
 
@@ -36,11 +93,11 @@ Result<void> Server::listen() {
     if (!cfg_.socket_path.empty()) {
         namespace fs = std::filesystem;
         if (fs::is_socket(cfg_.socket_path)) fs::remove(cfg_.socket_path);
-        unix_.emplace(io_);
+        auto& a = unix_.emplace(io_).acceptor;
         asio::local::stream_protocol::endpoint ep(cfg_.socket_path);
-        unix_->open(ep.protocol(), ec);
-        if (!ec) unix_->bind(ep, ec);
-        if (!ec) unix_->listen(asio::socket_base::max_listen_connections, ec);
+        a.open(ep.protocol(), ec);
+        if (!ec) a.bind(ep, ec);
+        if (!ec) a.listen(asio::socket_base::max_listen_connections, ec);
         if (ec)
             return Error{ec.value(),
                          "cannot listen on unix socket " + cfg_.socket_path + ": " + ec.message()};
@@ -50,13 +107,13 @@ Result<void> Server::listen() {
     auto addr = asio::ip::make_address(cfg_.bind, ec);
     if (ec) return Error{EINVAL, "invalid bind address '" + cfg_.bind + "': " + ec.message()};
     asio::ip::tcp::endpoint ep(addr, cfg_.port);
-    tcp_.emplace(io_);
-    tcp_->open(ep.protocol(), ec);
-    if (!ec) tcp_->set_option(asio::socket_base::reuse_address(true), ec);
-    if (!ec) tcp_->bind(ep, ec);
-    if (!ec) tcp_->listen(asio::socket_base::max_listen_connections, ec);
+    auto& a = tcp_.emplace(io_).acceptor;
+    a.open(ep.protocol(), ec);
+    if (!ec) a.set_option(asio::socket_base::reuse_address(true), ec);
+    if (!ec) a.bind(ep, ec);
+    if (!ec) a.listen(asio::socket_base::max_listen_connections, ec);
     if (ec) return Error{ec.value(), "cannot listen on " + endpoint_name(ep) + ": " + ec.message()};
-    spdlog::info("listening on {}", endpoint_name(tcp_->local_endpoint()));
+    spdlog::info("listening on {}", endpoint_name(a.local_endpoint()));
     if (addr.is_loopback())
         spdlog::info(
             "only local clients can connect; use -b 0.0.0.0 (or -b ::) to export on all "
@@ -65,7 +122,7 @@ Result<void> Server::listen() {
 }
 
 template <class Acceptor>
-awaitable<void> Server::accept_loop(Acceptor& acceptor) {
+awaitable<void> Server::accept_loop(Listener<Acceptor>& l) {
     ++accept_loops_;
     struct Done {
         Server* s;
@@ -74,41 +131,44 @@ awaitable<void> Server::accept_loop(Acceptor& acceptor) {
             s->changed_.notify_all();
         }
     } done{this};
+    AcceptBackoff backoff;
     while (!stopping_) {
         while (cfg_.shared && clients_ >= cfg_.shared && !stopping_) co_await changed_.wait();
         if (stopping_) break;
-        auto [ec, sock] = co_await acceptor.async_accept(asio::as_tuple(asio::use_awaitable));
+        auto [ec, sock] = co_await l.acceptor.async_accept(asio::as_tuple(asio::use_awaitable));
         if (ec) {
             if (stopping_ || ec == asio::error::operation_aborted) break;
-            spdlog::warn("accept failed: {}", ec.message());
+            l.retry.expires_after(backoff.failed(ec));
+            co_await l.retry.async_wait(asio::as_tuple(asio::use_awaitable));
             continue;
         }
-        std::string peer = "client";
-        if constexpr (std::is_same_v<Acceptor, asio::ip::tcp::acceptor>) {
-            error_code e2;
-            sock.set_option(asio::ip::tcp::no_delay(true), e2);
-            auto ep = sock.remote_endpoint(e2);
-            peer = e2 ? "tcp client" : endpoint_name(ep);
-        } else {
-            peer = "unix client " + std::to_string(sock.native_handle());
-        }
-        using Socket = std::decay_t<decltype(sock)>;
-        auto t = std::make_unique<SocketTransport<Socket>>(std::move(sock), peer);
-        asio::co_spawn(io_, serve_client(std::move(t)), asio::detached);
+        backoff.ended("accepting again");
+        auto t = accepted(std::move(sock));
+        const std::string peer = t->peer();
+        asio::co_spawn(io_, serve_client(std::move(t)), log_if_thrown(peer));
     }
+    backoff.ended("stopped accepting");
 }
 
 awaitable<void> Server::serve_client(std::unique_ptr<Transport> t) {
-    ++clients_;
-    had_client_ = true;
     const std::string peer = t->peer();
-    spdlog::info("{}: connected ({} client{})", peer, clients_, clients_ == 1 ? "" : "s");
     auto conn = std::make_shared<Connection>(io_.get_executor(), std::move(t), exports_, limits());
     connections_.insert(conn);
+    ++clients_;
+    // Also when run() throws: the client must not stay counted, or the server would never stop.
+    struct Left {
+        Server* s;
+        std::shared_ptr<Connection> conn;
+        ~Left() { s->client_left(conn); }
+    } left{this, conn};
+    spdlog::info("{}: connected ({} client{})", peer, clients_, clients_ == 1 ? "" : "s");
     co_await conn->run();
+    spdlog::info("{}: disconnected", peer);
+}
+
+void Server::client_left(const std::shared_ptr<Connection>& conn) {
     connections_.erase(conn);
     --clients_;
-    spdlog::info("{}: disconnected", peer);
     changed_.notify_all();
     if (!cfg_.persistent && clients_ == 0) stop(false);
 }
@@ -124,8 +184,14 @@ void Server::stop(bool drop_clients) {
     if (stopping_) return;
     stopping_ = true;
     error_code ec;
-    if (tcp_) tcp_->close(ec);
-    if (unix_) unix_->close(ec);
+    if (tcp_) {
+        tcp_->acceptor.close(ec);
+        tcp_->retry.cancel();
+    }
+    if (unix_) {
+        unix_->acceptor.close(ec);
+        unix_->retry.cancel();
+    }
     changed_.notify_all();
 }
 
@@ -136,8 +202,8 @@ awaitable<void> Server::run() {
         spdlog::info("signal {} received; shutting down", sig);
         stop(true);
     });
-    if (tcp_) asio::co_spawn(io_, accept_loop(*tcp_), asio::detached);
-    if (unix_) asio::co_spawn(io_, accept_loop(*unix_), asio::detached);
+    if (tcp_) asio::co_spawn(io_, accept_loop(*tcp_), log_if_thrown("accept loop"));
+    if (unix_) asio::co_spawn(io_, accept_loop(*unix_), log_if_thrown("accept loop"));
     while (!stopping_ || clients_ > 0 || accept_loops_ > 0) co_await changed_.wait();
     signals.cancel();
     if (!cfg_.socket_path.empty()) ::unlink(cfg_.socket_path.c_str());

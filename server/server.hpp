@@ -1,10 +1,11 @@
-// The reactor side of qnbd: listening sockets, connection accounting (-e, -t), signals and a
-// clean shutdown that writes the image back before exiting.
+// The reactor side of qnbd: listening sockets, connection accounting (-e, -t), signals, and
+// stopping cleanly (the caller closes the image once run() returns).
 #pragma once
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <memory>
 #include <optional>
 #include <set>
@@ -16,11 +17,19 @@
 
 namespace qnbd::server {
 
+/// A listening socket and the timer that spaces out its accepts after failures.
+template <class Acceptor>
+struct Listener {
+    explicit Listener(asio::io_context& io) : acceptor(io), retry(io) {}
+    Acceptor acceptor;
+    asio::steady_timer retry;
+};
+
 /// Accepts clients for the exports of a registry until told to stop.
 class Server {
   public:
     Server(asio::io_context& io, const Config& cfg, ExportRegistry& exports);
-    /// Binds the listening socket(s); errors name the address.
+    /// Binds the listening socket: the unix socket of -k, else TCP; errors name the address.
     Result<void> listen();
     /// Serves until a signal, or until the last client leaves without -t.
     awaitable<void> run();
@@ -29,18 +38,18 @@ class Server {
 
   private:
     template <class Acceptor>
-    awaitable<void> accept_loop(Acceptor& acceptor);
+    awaitable<void> accept_loop(Listener<Acceptor>& l);
     awaitable<void> serve_client(std::unique_ptr<Transport> t);
+    void client_left(const std::shared_ptr<Connection>& conn);
     void stop(bool drop_clients);
     ConnectionLimits limits() const;
 
     asio::io_context& io_;
     const Config& cfg_;
     ExportRegistry& exports_;
-    std::optional<asio::ip::tcp::acceptor> tcp_;
-    std::optional<asio::local::stream_protocol::acceptor> unix_;
+    std::optional<Listener<asio::ip::tcp::acceptor>> tcp_;
+    std::optional<Listener<asio::local::stream_protocol::acceptor>> unix_;
     size_t clients_ = 0;
-    bool had_client_ = false;
     bool stopping_ = false;
     size_t accept_loops_ = 0;  ///< Accept loops still running; run() waits for them.
     Notifier changed_;

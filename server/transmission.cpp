@@ -6,9 +6,9 @@
 #include <boost/asio/post.hpp>
 #include <cstring>
 
-#include "protocol/errors.hpp"
 #include "server/connection.hpp"
 #include "server/request.hpp"
+#include "server/spawn.hpp"
 
 namespace qnbd::server {
 
@@ -132,7 +132,8 @@ awaitable<bool> Connection::read_request(Session& s, bool& stop) {
     asio::co_spawn(ex_, handle(*r, std::move(payload)),
                    [self = shared_from_this(), bytes](std::exception_ptr e) {
                        if (e)
-                           spdlog::error("{}: request failed with an internal error", self->peer());
+                           spdlog::error("{}: request failed with an internal error: {}",
+                                         self->peer(), exception_message(e));
                        self->finish_request(bytes);
                    });
     co_return !broken_;

@@ -1,5 +1,7 @@
-// The byte stream a connection runs over. Connections only see Transport, so the stream can be
-// swapped mid-connection (e.g. for TLS after STARTTLS) without touching the protocol code.
+// The byte stream a connection runs over. Connections only see Transport, so another kind of
+// stream (TLS, say) could be given to them without touching the protocol code. A connection
+// keeps its transport from accept to close: qnbd refuses NBD_OPT_STARTTLS and has no way to
+// replace the stream of a running connection.
 #pragma once
 
 #include <boost/asio/as_tuple.hpp>
