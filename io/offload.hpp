@@ -3,13 +3,14 @@
 // coroutine resumes on its own executor with the result.
 #pragma once
 
+#include <boost/asio/associated_executor.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/post.hpp>
-#include <boost/asio/this_coro.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <optional>
+#include <type_traits>
 #include <utility>
 
 namespace qnbd::io {
@@ -19,22 +20,26 @@ namespace asio = boost::asio;
 /// The helper thread blocking calls run on (created on first use, one per process).
 asio::thread_pool& offload_pool();
 
-/// Runs `fn()` on the helper thread and returns its result on the caller's executor. `fn` must
-/// not touch state of the caller's thread (it runs concurrently with it).
+/// Runs `fn()` on the helper thread and returns its result on the awaiting coroutine's
+/// executor, which counts as busy meanwhile (its io_context does not run out of work). `fn` must
+/// not touch state of the caller's thread (it runs concurrently with it). Not a coroutine
+/// itself: `fn` is held by the operation, never by a coroutine parameter.
 template <class Fn>
-asio::awaitable<std::invoke_result_t<Fn>> offload(Fn fn) {
+auto offload(Fn fn) {
     using R = std::invoke_result_t<Fn>;
-    auto ex = co_await asio::this_coro::executor;
-    co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(R)>(
-        [ex, fn = std::move(fn)](auto handler) mutable {
-            asio::post(offload_pool(), [ex, fn = std::move(fn), h = std::move(handler)]() mutable {
+    return asio::async_initiate<decltype(asio::use_awaitable), void(R)>(
+        [](auto handler, Fn fn) {
+            auto work = asio::make_work_guard(asio::get_associated_executor(handler));
+            asio::post(offload_pool(), [fn = std::move(fn), h = std::move(handler),
+                                        work = std::move(work)]() mutable {
                 R result = fn();
+                auto ex = work.get_executor();
                 asio::post(ex, [h = std::move(h), result = std::move(result)]() mutable {
                     std::move(h)(std::move(result));
                 });
             });
         },
-        asio::use_awaitable);
+        asio::use_awaitable, std::move(fn));
 }
 
 }  // namespace qnbd::io

@@ -1,7 +1,10 @@
 #include "server/cli.hpp"
 
 #include <CLI/CLI.hpp>
+#include <cerrno>
+#include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 
 #ifndef QNBD_VERSION
@@ -11,7 +14,8 @@
 namespace qnbd::server {
 namespace {
 
-/// qemu-nbd options qnbd does not implement: refused by name rather than ignored.
+/// qemu-nbd options qnbd does not implement: refused by name rather than ignored, even next to
+/// --help or --version (a capability probe must fail).
 const char* const kRefused[][2] = {
     {"-B,--bitmap", "exporting persistent dirty bitmaps"},
     {"-L,--list", "listing another server's exports (use nbdinfo --list)"},
@@ -25,15 +29,38 @@ const char* const kRefused[][2] = {
     {"--image-opts", "--image-opts image specifications"},
 };
 
-void add_refused_options(CLI::App& app, std::string& refused) {
-    for (auto& r : kRefused) {
-        std::string name = r[0], what = r[1];
-        auto* opt =
-            app.add_option_function<std::string>(name, [&refused, name, what](const std::string&) {
-                refused = "option " + name + " (" + what + ") is not supported by qnbd";
-            });
-        opt->expected(0, 1)->group("");  // Hidden: refused when used.
+/// True when command-line word `arg` spells option `name` ("-B", "--bitmap", "--bitmap=x",
+/// "-Bx"; a short option may also end a cluster of flags like "-rB").
+bool spells(const std::string& arg, const std::string& name) {
+    if (name.size() > 2) return arg == name || arg.rfind(name + "=", 0) == 0;
+    if (arg.size() < 2 || arg[0] != '-' || arg[1] == '-') return false;
+    return arg.find(name[1], 1) != std::string::npos;
+}
+
+/// The first refused option on the command line, as a message; empty if none.
+std::string refused_option(int argc, char** argv) {
+    for (int i = 1; i < argc; ++i) {
+        const std::string arg = argv[i];
+        if (arg == "--") break;
+        for (auto& r : kRefused) {
+            std::string names = r[0];
+            for (size_t at = 0; at != std::string::npos;) {
+                const size_t comma = names.find(',', at);
+                const std::string name =
+                    names.substr(at, comma == std::string::npos ? comma : comma - at);
+                at = comma == std::string::npos ? comma : comma + 1;
+                if (spells(arg, name))
+                    return "option " + std::string(r[0]) + " (" + r[1] +
+                           ") is not supported by qnbd";
+            }
+        }
     }
+    return {};
+}
+
+/// The refused options, hidden from --help so that CLI11 does not call them unknown.
+void add_refused_options(CLI::App& app) {
+    for (auto& r : kRefused) app.add_option(r[0])->expected(0, 1)->group("");
 }
 
 const std::map<std::string, CacheMode> kCacheModes = {{"none", CacheMode::None},
@@ -48,54 +75,97 @@ const std::map<std::string, DiscardMode> kDiscardModes = {{"ignore", DiscardMode
 const std::map<std::string, DetectZeroes> kDetectZeroes = {
     {"off", DetectZeroes::Off}, {"on", DetectZeroes::On}, {"unmap", DetectZeroes::Unmap}};
 
-void add_server_options(CLI::App& app, Config& c, std::string& cache, std::string& discard,
-                        std::string& detect, std::string& cache_size) {
-    app.add_option("-p,--port", c.port, "TCP port to listen on (default 10809)");
+/// Option values as typed, converted by finish_config with messages of qnbd's own.
+struct RawOptions {
+    std::string port = "10809", shared = "1", offset = "0", handshake = "10";
+    std::string cache = "writeback", discard = "ignore", detect = "off", cache_size;
+    bool disconnect = false, version = false;
+};
+
+/// Where the server listens and who may connect.
+void add_listen_options(CLI::App& app, Config& c, RawOptions& raw) {
+    app.add_option("-p,--port", raw.port, "TCP port to listen on (default 10809)");
     app.add_option("-b,--bind", c.bind,
                    "address to bind to (default 127.0.0.1; 0.0.0.0 or :: for all)");
     app.add_option("-k,--socket", c.socket_path, "listen on this unix socket instead of TCP");
+    app.add_option("-e,--shared", raw.shared,
+                   "number of simultaneous clients (default 1, 0 = unlimited)");
+    app.add_flag("-t,--persistent", c.persistent, "keep serving after the last client leaves");
+    app.add_option("--handshake-timeout", raw.handshake,
+                   "seconds a client may take to negotiate (default 10, 0: no limit)");
     app.add_option("-x,--export-name", c.export_name, "export name (default empty)");
     app.add_option("-D,--description", c.description, "export description");
+}
+
+/// How the image is opened and served.
+void add_image_options(CLI::App& app, Config& c, RawOptions& raw) {
     app.add_flag("-r,--read-only", c.read_only, "export read-only");
     app.add_flag("-U,--force-share", c.force_share,
                  "with -r: serve an image other programs are writing (takes no lock on it)");
-    app.add_option("-f,--format", c.format, "image format: qcow2 or raw (default: qcow2, required)")
+    app.add_option("-f,--format", c.format, "image format: qcow2 or raw (default: qcow2 only)")
         ->check(CLI::IsMember({"qcow2", "raw"}));
-    app.add_flag("-t,--persistent", c.persistent, "keep serving after the last client leaves");
-    app.add_option("-e,--shared", c.shared,
-                   "number of simultaneous clients (default 1, 0 = unlimited)");
-    app.add_option("--cache", cache, "none|writeback|writethrough|directsync|unsafe")
+    app.add_option("--cache", raw.cache,
+                   "none|writeback|writethrough|directsync|unsafe (default writeback)")
         ->check(CLI::IsMember({"none", "writeback", "writethrough", "directsync", "unsafe"}));
     app.add_flag_callback(
-        "-n,--nocache", [&cache] { cache = "none"; }, "same as --cache=none");
-    app.add_option("--aio", c.aio, "threads|native|io_uring (qnbd always uses io_uring)")
+        "-n,--nocache", [&raw] { raw.cache = "none"; }, "same as --cache=none");
+    app.add_option("--aio", c.aio,
+                   "threads|native|io_uring: accepted for qemu-nbd command lines; qnbd's "
+                   "io_uring serves all three")
         ->check(CLI::IsMember({"threads", "native", "io_uring"}));
-    app.add_option("--discard", discard, "ignore|unmap")
+    app.add_option("--discard", raw.discard, "ignore|unmap, or off|on (default ignore)")
         ->check(CLI::IsMember({"ignore", "unmap", "on", "off"}));
-    app.add_option("--detect-zeroes", detect, "off|on|unmap")
+    app.add_option("--detect-zeroes", raw.detect, "off|on|unmap (default off)")
         ->check(CLI::IsMember({"off", "on", "unmap"}));
     app.add_flag("-A,--allocation-depth", c.allocation_depth,
                  "expose the qemu:allocation-depth context");
-    app.add_option("-o,--offset", c.offset, "export the image from this byte offset on");
-    app.add_option("-c,--connect", c.connect_device, "attach the image to this kernel NBD device");
+    app.add_option("-o,--offset", raw.offset, "export the image from this byte offset on");
     app.add_flag("-s,--snapshot", c.snapshot,
                  "send writes to a temporary overlay, leaving IMAGE untouched");
-    app.add_flag("-v,--verbose", c.verbose, "log every request");
-    app.add_option("--pid-file", c.pid_file, "write the server's process ID to this file");
-    app.add_flag("--fork", c.fork, "go to the background once the server is listening");
-    app.add_option("--l2-cache-size", cache_size,
-                   "metadata cache size (e.g. 64M; default covers 1 TiB)");
-    app.add_option("--handshake-timeout", c.handshake_timeout_s,
-                   "seconds a client may take to negotiate (0: no limit)");
+    app.add_option("--l2-cache-size", raw.cache_size,
+                   "metadata cache size (e.g. 64M; default covers the whole image up to 1 TiB)");
 }
 
-Command finish_config(Config c, const std::string& cache, const std::string& discard,
-                      const std::string& detect, const std::string& cache_size) {
-    c.cache = kCacheModes.at(cache);
-    c.discard = kDiscardModes.at(discard);
-    c.detect_zeroes = kDetectZeroes.at(detect);
-    if (!cache_size.empty()) {
-        auto s = qcow2::parse_size(cache_size);
+/// Processes: the kernel device, the background, logging.
+void add_process_options(CLI::App& app, Config& c, RawOptions& raw) {
+    app.add_option("-c,--connect", c.connect_device,
+                   "attach the image to this kernel NBD device, then go to the background");
+    app.add_flag("-d,--disconnect", raw.disconnect,
+                 "detach the kernel NBD device given as the argument");
+    app.add_flag("--foreground", c.foreground, "with -c: stay in the foreground");
+    app.add_flag("-v,--verbose", c.verbose, "log every request (with -c: stay in the foreground)");
+    app.add_option("--pid-file", c.pid_file, "write the server's process ID to this file");
+    app.add_flag("--fork", c.fork, "go to the background once the server is listening");
+    app.add_flag("-V,--version", raw.version, "print the version and exit");
+}
+
+/// Parses a decimal option value in [min, max]; prints the error and returns false if it is not.
+template <class T>
+bool number(const char* option, const std::string& text, uint64_t min, uint64_t max, T& out) {
+    char* end = nullptr;
+    errno = 0;
+    const unsigned long long v = std::strtoull(text.c_str(), &end, 10);
+    if (text.empty() || text[0] == '-' || *end || errno || v < min || v > max) {
+        std::fprintf(stderr, "qnbd: %s: invalid value '%s' (a number from %llu to %llu)\n", option,
+                     text.c_str(), static_cast<unsigned long long>(min),
+                     static_cast<unsigned long long>(max));
+        return false;
+    }
+    out = static_cast<T>(v);
+    return true;
+}
+
+Command finish_config(Config c, const RawOptions& raw) {
+    if (!number("--port", raw.port, 0, 65535, c.port) ||
+        !number("--shared", raw.shared, 0, UINT32_MAX, c.shared) ||
+        !number("--offset", raw.offset, 0, UINT64_MAX, c.offset) ||
+        !number("--handshake-timeout", raw.handshake, 0, 86400 * 365, c.handshake_timeout_s))
+        return ExitNow{1};
+    c.cache = kCacheModes.at(raw.cache);
+    c.discard = kDiscardModes.at(raw.discard);
+    c.detect_zeroes = kDetectZeroes.at(raw.detect);
+    if (!raw.cache_size.empty()) {
+        auto s = qcow2::parse_size(raw.cache_size);
         if (!s) {
             std::fprintf(stderr, "qnbd: --l2-cache-size: %s\n", s.error().message.c_str());
             return ExitNow{1};
@@ -107,6 +177,13 @@ Command finish_config(Config c, const std::string& cache, const std::string& dis
         return ExitNow{1};
     }
     return c;
+}
+
+/// A parse error in qemu-nbd's style: one line, exit status 1; --help exits 0.
+int parse_failure(const CLI::App& app, const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help
+    std::fprintf(stderr, "qnbd: %s\nTry 'qnbd --help' for more information.\n", e.what());
+    return 1;
 }
 
 Command parse_create(int argc, char** argv) {
@@ -125,7 +202,7 @@ Command parse_create(int argc, char** argv) {
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
-        return ExitNow{app.exit(e)};
+        return ExitNow{parse_failure(app, e)};
     }
     auto s = qcow2::parse_size(size);
     if (!s) {
@@ -157,32 +234,31 @@ OpenOptions open_options(const Config& c) {
 
 Command parse_command_line(int argc, char** argv) {
     if (argc > 1 && std::string(argv[1]) == "create") return parse_create(argc - 1, argv + 1);
+    if (auto refused = refused_option(argc, argv); !refused.empty()) {
+        std::fprintf(stderr, "qnbd: %s\n", refused.c_str());
+        return ExitNow{1};
+    }
     CLI::App app{"qnbd: serve a qcow2 image over NBD (a qemu-nbd replacement)", "qnbd"};
     Config c;
-    std::string cache = "writeback", discard = "ignore", detect = "off", cache_size, refused;
-    bool disconnect = false, version = false;
-    add_server_options(app, c, cache, discard, detect, cache_size);
-    app.add_flag("-d,--disconnect", disconnect,
-                 "detach the kernel NBD device given as the argument");
-    app.add_flag("-V,--version", version, "print the version and exit");
+    RawOptions raw;
+    add_listen_options(app, c, raw);
+    add_image_options(app, c, raw);
+    add_process_options(app, c, raw);
     app.add_option("image", c.image, "image file to serve (or device with -d)");
-    add_refused_options(app, refused);
+    add_refused_options(app);
     app.footer("Also: qnbd create [-o options] IMAGE SIZE   creates a qcow2 image.");
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
-        return ExitNow{app.exit(e)};
+        return ExitNow{parse_failure(app, e)};
     }
-    if (version) {
+    if (raw.version) {
         std::printf("qnbd %s\n", QNBD_VERSION);
         return ExitNow{0};
     }
-    if (!refused.empty()) {
-        std::fprintf(stderr, "qnbd: %s\n", refused.c_str());
-        return ExitNow{1};
-    }
-    if (disconnect) return DisconnectCommand{c.image};
-    return finish_config(std::move(c), cache, discard, detect, cache_size);
+    if (raw.disconnect) return DisconnectCommand{c.image};
+    c.listen_given = app.count("--port") || app.count("--bind") || app.count("--socket");
+    return finish_config(std::move(c), raw);
 }
 
 }  // namespace qnbd::server

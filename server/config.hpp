@@ -35,6 +35,8 @@ struct Config {
     bool allocation_depth = false;
     uint64_t offset = 0;         ///< Export the image from this byte offset on (-o).
     std::string connect_device;  ///< -c /dev/nbdX.
+    bool foreground = false;     ///< --foreground: -c stays in the foreground.
+    bool listen_given = false;   ///< -p, -b or -k was given (refused with socket activation).
     bool verbose = false;
     std::string pid_file;
     bool fork = false;

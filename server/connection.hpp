@@ -63,7 +63,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
     awaitable<void> serve(Negotiated n);
     const std::string& peer() const { return transport_->peer(); }
     /// Closes the stream: the reader stops, in-flight requests finish, then run() returns.
-    void shutdown() { transport_->close(); }
+    void shutdown() {
+        closing_ = true;
+        transport_->close();
+    }
 
   private:
     friend class Negotiation;
@@ -86,7 +89,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
     size_t in_flight_ = 0;
     uint64_t in_flight_bytes_ = 0;
     Notifier request_done_;
-    bool broken_ = false;  ///< A reply could not be written: stop reading.
+    bool broken_ = false;   ///< A reply could not be written: stop reading.
+    bool closing_ = false;  ///< shutdown() was called: reads failing now are expected.
 };
 
 }  // namespace qnbd::server

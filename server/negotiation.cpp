@@ -6,6 +6,7 @@
 #include "protocol/handshake.hpp"
 #include "protocol/options.hpp"
 #include "server/connection.hpp"
+#include "server/printable.hpp"
 
 namespace qnbd::server {
 
@@ -128,7 +129,7 @@ awaitable<Negotiation::Next> Negotiation::export_name(Bytes payload) {
     }
     auto e = c_.exports_.find(d->name);
     if (!e) {
-        spdlog::warn("{}: client asked for unknown export '{}'", c_.peer(), d->name);
+        spdlog::warn("{}: client asked for unknown export '{}'", c_.peer(), printable(d->name));
         co_return Next::Close;
     }
     const uint16_t tf = flags_for(*e);
@@ -157,6 +158,7 @@ awaitable<Negotiation::Next> Negotiation::info(uint32_t option, Bytes payload) {
                                                                                    : Next::Close;
     auto e = c_.exports_.find(d->name);
     if (!e) {
+        spdlog::info("{}: client asked for unknown export '{}'", c_.peer(), printable(d->name));
         std::string msg = "no export named '" + d->name + "'";
         co_return co_await reply_error(option, NBD_REP_ERR_UNKNOWN, msg) ? Next::Continue
                                                                          : Next::Close;
@@ -189,6 +191,7 @@ awaitable<Negotiation::Next> Negotiation::meta_context(uint32_t option, Bytes pa
             : Next::Close;
     auto e = c_.exports_.find(d->name);
     if (!e) {
+        spdlog::info("{}: client asked for unknown export '{}'", c_.peer(), printable(d->name));
         std::string msg = "no export named '" + d->name + "'";
         co_return co_await reply_error(option, NBD_REP_ERR_UNKNOWN, msg) ? Next::Continue
                                                                          : Next::Close;

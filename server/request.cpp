@@ -24,13 +24,13 @@ bool all_zero(std::span<const std::byte> b) {
     return true;
 }
 
-const char* command_name(uint16_t t) {
+}  // namespace
+
+std::string command_name(uint16_t t) {
     static const char* const names[] = {"READ", "WRITE", "DISC",         "FLUSH",
                                         "TRIM", "CACHE", "WRITE_ZEROES", "BLOCK_STATUS"};
-    return t < std::size(names) ? names[t] : "UNKNOWN";
+    return t < std::size(names) ? names[t] : "command " + std::to_string(t);
 }
-
-}  // namespace
 
 awaitable<void> RequestHandler::run(Buffer payload) {
     spdlog::debug("{}: {} offset={} length={} flags={:#x}", c_.peer(), command_name(r_.type),

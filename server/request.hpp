@@ -9,6 +9,9 @@
 
 namespace qnbd::server {
 
+/// The name of NBD command `type` for the log ("WRITE"; "command 42" for unknown ones).
+std::string command_name(uint16_t type);
+
 /// Handles one request of a connection.
 class RequestHandler {
   public:

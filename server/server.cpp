@@ -6,8 +6,8 @@
 #include <algorithm>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
-#include <boost/asio/signal_set.hpp>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 
 #include "server/spawn.hpp"
@@ -101,7 +101,8 @@ Result<void> Server::listen() {
         if (ec)
             return Error{ec.value(),
                          "cannot listen on unix socket " + cfg_.socket_path + ": " + ec.message()};
-        spdlog::info("listening on unix socket {}", cfg_.socket_path);
+        where_ = "unix socket " + cfg_.socket_path;
+        spdlog::info("listening on {}", where_);
         return ok();
     }
     auto addr = asio::ip::make_address(cfg_.bind, ec);
@@ -113,11 +114,35 @@ Result<void> Server::listen() {
     if (!ec) a.bind(ep, ec);
     if (!ec) a.listen(asio::socket_base::max_listen_connections, ec);
     if (ec) return Error{ec.value(), "cannot listen on " + endpoint_name(ep) + ": " + ec.message()};
-    spdlog::info("listening on {}", endpoint_name(a.local_endpoint()));
+    where_ = endpoint_name(a.local_endpoint());
+    spdlog::info("listening on {}", where_);
     if (addr.is_loopback())
         spdlog::info(
             "only local clients can connect; use -b 0.0.0.0 (or -b ::) to export on all "
             "interfaces");
+    return ok();
+}
+
+Result<void> Server::adopt(int fd) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0)
+        return Error{errno, std::string("socket activation: getsockname: ") + std::strerror(errno)};
+    error_code ec;
+    if (ss.ss_family == AF_UNIX) {
+        auto& a = unix_.emplace(io_).acceptor;
+        a.assign(asio::local::stream_protocol(), fd, ec);
+        if (!ec) where_ = "unix socket " + a.local_endpoint(ec).path();
+    } else if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
+        auto& a = tcp_.emplace(io_).acceptor;
+        a.assign(ss.ss_family == AF_INET ? asio::ip::tcp::v4() : asio::ip::tcp::v6(), fd, ec);
+        if (!ec) where_ = endpoint_name(a.local_endpoint(ec));
+    } else {
+        return Error{EINVAL, "socket activation: fd " + std::to_string(fd) +
+                                 " is neither a TCP nor a unix socket"};
+    }
+    if (ec) return Error{ec.value(), "socket activation: " + ec.message()};
+    spdlog::info("listening on {} (socket activation)", where_);
     return ok();
 }
 
@@ -155,6 +180,7 @@ awaitable<void> Server::serve_client(std::unique_ptr<Transport> t) {
     auto conn = std::make_shared<Connection>(io_.get_executor(), std::move(t), exports_, limits());
     connections_.insert(conn);
     ++clients_;
+    ++served_;
     // Also when run() throws: the client must not stay counted, or the server would never stop.
     struct Left {
         Server* s;
@@ -196,16 +222,9 @@ void Server::stop(bool drop_clients) {
 }
 
 awaitable<void> Server::run() {
-    asio::signal_set signals(io_, SIGINT, SIGTERM);
-    signals.async_wait([this](error_code ec, int sig) {
-        if (ec) return;
-        spdlog::info("signal {} received; shutting down", sig);
-        stop(true);
-    });
     if (tcp_) asio::co_spawn(io_, accept_loop(*tcp_), log_if_thrown("accept loop"));
     if (unix_) asio::co_spawn(io_, accept_loop(*unix_), log_if_thrown("accept loop"));
     while (!stopping_ || clients_ > 0 || accept_loops_ > 0) co_await changed_.wait();
-    signals.cancel();
     if (!cfg_.socket_path.empty()) ::unlink(cfg_.socket_path.c_str());
 }
 

@@ -31,8 +31,17 @@ class Server {
     Server(asio::io_context& io, const Config& cfg, ExportRegistry& exports);
     /// Binds the listening socket: the unix socket of -k, else TCP; errors name the address.
     Result<void> listen();
-    /// Serves until a signal, or until the last client leaves without -t.
+    /// Serves `fd`, an already listening TCP or unix socket (socket activation).
+    Result<void> adopt(int fd);
+    /// Where it listens, for status lines ("127.0.0.1:10809", "unix socket /run/x.sock").
+    const std::string& where() const { return where_; }
+    /// Clients accepted so far.
+    size_t served() const { return served_; }
+    /// Serves until stop(), or until the last client leaves without -t.
     awaitable<void> run();
+    /// Stops accepting; with `drop_clients`, closes every connection too (their requests in
+    /// flight finish first). run() then returns.
+    void stop(bool drop_clients);
     /// Serves one already-connected, already-negotiated stream (the kernel client) until it ends.
     awaitable<void> run_attached(std::unique_ptr<Transport> t, Negotiated n);
 
@@ -41,7 +50,6 @@ class Server {
     awaitable<void> accept_loop(Listener<Acceptor>& l);
     awaitable<void> serve_client(std::unique_ptr<Transport> t);
     void client_left(const std::shared_ptr<Connection>& conn);
-    void stop(bool drop_clients);
     ConnectionLimits limits() const;
 
     asio::io_context& io_;
@@ -50,6 +58,8 @@ class Server {
     std::optional<Listener<asio::ip::tcp::acceptor>> tcp_;
     std::optional<Listener<asio::local::stream_protocol::acceptor>> unix_;
     size_t clients_ = 0;
+    size_t served_ = 0;
+    std::string where_;
     bool stopping_ = false;
     size_t accept_loops_ = 0;  ///< Accept loops still running; run() waits for them.
     Notifier changed_;

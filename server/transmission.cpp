@@ -97,7 +97,7 @@ static uint64_t request_bytes(const Request& r) {
 awaitable<bool> Connection::read_request(Session& s, bool& stop) {
     std::array<std::byte, kRequestHeaderSize> hb;
     if (auto ec = co_await rx_.read(*transport_, hb); ec) {
-        if (ec != asio::error::eof && !broken_)
+        if (ec != asio::error::eof && !broken_ && !closing_)
             spdlog::warn("{}: read failed: {}", peer(), ec.message());
         co_return false;
     }
@@ -122,7 +122,7 @@ awaitable<bool> Connection::read_request(Session& s, bool& stop) {
     Buffer payload = Buffer::uninitialized(chk.payload_length);
     if (payload.size() && co_await rx_.read(*transport_, payload.span())) co_return false;
     if (!chk.ok()) {
-        spdlog::warn("{}: request type {} refused: {}", peer(), r->type, chk.reason);
+        spdlog::warn("{}: {} refused: {}", peer(), command_name(r->type), chk.reason);
         RequestHandler h(*this, *r);
         co_await h.reply_error(chk.error, std::string(chk.reason));
         co_return !broken_;

@@ -44,6 +44,23 @@ expect_refusal "--selinux-label" "selinux.*not supported" --selinux-label l "$T/
 expect_refusal "-l" "snapshot.*not supported|-l.*not supported" -l snap1 "$T/a.qcow2"
 expect_refusal "--image-opts" "image-opts.*not supported" --image-opts "driver=qcow2,file.filename=$T/a.qcow2"
 
+# A refused option wins over --help and --version: capability probes must fail.
+expect_refusal "-B with --version" "bitmap.*not supported" -B bm --version
+expect_refusal "--help with -B" "bitmap.*not supported" --help -B bm
+expect_refusal "--object=... with -V" "object.*not supported" -V --object=secret,id=s0
+
+# qemu-nbd's style: one line naming the option and the value, exit status 1.
+run_t 10 "$QNBD" -p 99999 "$T/a.qcow2" 2>"$T/err"; rc=$?
+[[ $rc == 1 ]] || fail "-p 99999 exited with $rc, expected 1"
+grep -q "port: invalid value '99999' (a number from 0 to 65535)" "$T/err" || fail "-p 99999: $(cat "$T/err")"
+run_t 10 "$QNBD" --bogus "$T/a.qcow2" 2>"$T/err"; rc=$?
+[[ $rc == 1 ]] || fail "--bogus exited with $rc, expected 1"
+grep -q "Try 'qnbd --help'" "$T/err" || fail "--bogus: $(cat "$T/err")"
+out=$("$QNBD" --help)
+for want in "default writeback" "off|on" "default 10809" "default ignore"; do
+    grep -qF -- "$want" <<<"$out" || fail "--help does not state '$want'"
+done
+
 # Bad values and usage errors.
 expect_refusal "unknown option" "bogus" --bogus "$T/a.qcow2"
 expect_refusal "no image" "image" -t
