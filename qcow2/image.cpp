@@ -68,13 +68,27 @@ Qcow2Image::Qcow2Image(ImageParts p)
       opts_(p.opts),
       read_only_(p.opts.read_only),
       l1_(std::move(p.l1)),
+      meta_(geo_),
       l2_cache_(*file_, geo_.cluster_size(), l2_budget(header_, p.opts), stats_) {
     refcounts_ = std::make_unique<Refcounts>(
         *file_, geo_, header_.refcount_order,
         RefTableLocation{header_.refcount_table_offset, header_.refcount_table_clusters},
-        std::move(p.reftable), refcount_budget(header_, p.opts), p.file_size, stats_);
+        std::move(p.reftable), refcount_budget(header_, p.opts), p.file_size, stats_, meta_);
+    map_metadata();
     header_on_disk_dirty_ = header_.dirty();
     reserved_end_ = p.file_size;
+}
+
+void Qcow2Image::map_metadata() {
+    const uint64_t cs = geo_.cluster_size();
+    meta_.add(HostOffset{0}, cs);
+    meta_.add(header_.l1_table_offset, uint64_t{header_.l1_size} * 8);
+    meta_.add(header_.refcount_table_offset,
+              geo_.bytes(ClusterCount{header_.refcount_table_clusters}));
+    for (uint64_t b : refcounts_->table())
+        if (b) meta_.add(HostOffset{b}, cs);
+    for (uint64_t e : l1_)
+        if (e & kOffsetMask) meta_.add(HostOffset{e & kOffsetMask}, cs);
 }
 
 awaitable<Result<std::shared_ptr<Qcow2Image>>> Qcow2Image::create(ImageParts parts) {

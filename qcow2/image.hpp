@@ -1,6 +1,6 @@
 // Qcow2Image: the qcow2 engine behind a Disk. Requests run concurrently on one executor;
 // no lock is held across I/O. Metadata changes stay in memory and reach the disk at flush
-// barriers, in the order of docs/ARCHITECTURE.md's rules R1-R16 (image_flush.cpp).
+// barriers, in the order of docs/ARCHITECTURE.md's rules R1-R17 (image_flush.cpp).
 #pragma once
 
 #include <map>
@@ -17,6 +17,7 @@
 #include "qcow2/host_runs.hpp"
 #include "qcow2/l2_entry.hpp"
 #include "qcow2/metadata_cache.hpp"
+#include "qcow2/metadata_map.hpp"
 #include "qcow2/refcounts.hpp"
 #include "qcow2/write_plan.hpp"
 
@@ -131,6 +132,8 @@ class Qcow2Image final : public Disk, public std::enable_shared_from_this<Qcow2I
     awaitable<Result<CacheRef>> l2_table(ClusterIndex c, bool allocate);
     awaitable<Result<CacheRef>> new_l2_table(ClusterIndex c);
     awaitable<Result<ClusterInfo>> lookup(ClusterIndex c);
+    /// The entry of `c` in `table`, refused as corrupt where it points past the file's end.
+    Result<ClusterInfo> decode_checked(const CacheRef& table, ClusterIndex c) const;
     awaitable<Result<std::vector<Segment>>> map_range(GuestOffset off, uint64_t len);
     awaitable<Result<void>> map_cluster(const CacheRef& table, ClusterIndex c, GuestOffset& pos,
                                         GuestOffset end, std::vector<Segment>& segs);
@@ -168,6 +171,14 @@ class Qcow2Image final : public Disk, public std::enable_shared_from_this<Qcow2I
     awaitable<void> give_back(HostOffset host, ClusterCount n);
     void release_host(const ClusterInfo& ci);
     awaitable<Result<void>> after_write(bool fua);
+
+    /// R17: fails with EIO, marking the image corrupt, if data is about to be written over
+    /// metadata (a damaged L2 entry or refcount); ok otherwise.
+    awaitable<Result<void>> check_overlap(HostOffset host, uint64_t len, const char* what);
+    /// Marks the image corrupt on disk (as qemu does when it finds damage while writing);
+    /// every later write fails with EIO. Returns the error for the request that found it.
+    awaitable<Error> signal_corruption(std::string what);
+    void map_metadata();
 
     // Write-zeroes and discard (image_zero.cpp).
     awaitable<Result<void>> zero_cluster(ClusterIndex c, uint64_t start, uint64_t len,
@@ -231,6 +242,8 @@ class Qcow2Image final : public Disk, public std::enable_shared_from_this<Qcow2I
 
     std::vector<uint64_t> l1_;
     std::set<uint64_t> l1_dirty_;  ///< Indices of changed L1 table clusters.
+    MetadataMap meta_;             ///< Host clusters holding metadata (R17).
+    bool corrupt_ = false;         ///< Damage was found while writing: writes fail.
     MetadataCache l2_cache_;
     std::unique_ptr<Refcounts> refcounts_;
 

@@ -1,4 +1,6 @@
 // Guest-to-host mapping: L1/L2 lookups and the plan of a guest range as segments.
+#include <algorithm>
+
 #include "base/hex.hpp"
 #include "qcow2/image.hpp"
 
@@ -73,17 +75,35 @@ awaitable<Result<CacheRef>> Qcow2Image::new_l2_table(ClusterIndex c) {
     // The table is a fresh dirty cache entry: written at the next barrier before the L1
     // entry that points to it (R5), after its own refcount (R2).
     CacheRef t = l2_cache_.create(host);
+    meta_.add(host, geo_.cluster_size());
     l1_[l1i] = host.value | kOflagCopied;
     l1_dirty_.insert(l1i * 8 / geo_.cluster_size());
     co_return t;
+}
+
+Result<ClusterInfo> Qcow2Image::decode_checked(const CacheRef& table, ClusterIndex c) const {
+    auto [entry, bitmap] = l2_slot(table, c);
+    auto ci = decode_l2(entry, bitmap, fmt_, c);
+    if (!ci || data_file_) return ci;
+    // Data past the end of the image file: a damaged entry (the file always covers the
+    // clusters the engine allocated, reserved or not).
+    const uint64_t end =
+        std::max(reserved_end_, geo_.host_start_of(refcounts_->end_cluster()).value);
+    const bool past = ci->kind == ClusterKind::Compressed
+                          ? ci->host.value >= end
+                          : ci->has_host && ci->host.value + geo_.cluster_size() > end;
+    if (past)
+        return Error{EIO, "image is corrupt: L2 entry for guest offset " +
+                              hex(geo_.start_of(c).value) + " points past the end of the file (" +
+                              hex(ci->host.value) + ")"};
+    return ci;
 }
 
 awaitable<Result<ClusterInfo>> Qcow2Image::lookup(ClusterIndex c) {
     auto t = co_await l2_table(c, false);
     if (!t) co_return t.error();
     if (!*t) co_return ClusterInfo{};
-    auto [entry, bitmap] = l2_slot(*t, c);
-    co_return decode_l2(entry, bitmap, fmt_, c);
+    co_return decode_checked(*t, c);
 }
 
 awaitable<Result<std::vector<Segment>>> Qcow2Image::map_range(GuestOffset off, uint64_t len) {
@@ -118,8 +138,7 @@ awaitable<Result<std::vector<Segment>>> Qcow2Image::map_range(GuestOffset off, u
 awaitable<Result<void>> Qcow2Image::map_cluster(const CacheRef& table, ClusterIndex c,
                                                 GuestOffset& pos, GuestOffset end,
                                                 std::vector<Segment>& segs) {
-    auto [entry, bitmap] = l2_slot(table, c);
-    auto ci = decode_l2(entry, bitmap, fmt_, c);
+    auto ci = decode_checked(table, c);
     if (!ci) co_return ci.error();
     const GuestOffset cstart = geo_.start_of(c);
     const uint64_t sc_size = geo_.subcluster_size();

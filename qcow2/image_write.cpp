@@ -14,6 +14,7 @@ namespace qnbd::qcow2 {
 awaitable<Result<void>> Qcow2Image::check_writable(GuestOffset off, uint64_t len) {
     if (read_only_) co_return Error{EPERM, "the image is read-only"};
     if (closed_) co_return Error{EIO, "the image is closed"};
+    if (corrupt_) co_return Error{EIO, "the image is marked corrupt; writes are refused"};
     if (off.value > header_.size || len > header_.size - off.value)
         co_return Error{ENOSPC, "write beyond the end of the disk"};
     co_return ok();
@@ -56,6 +57,8 @@ awaitable<Result<std::vector<ClusterState>>> Qcow2Image::cluster_states(GuestOff
 }
 
 awaitable<Result<void>> Qcow2Image::execute(const WritePlan& plan, std::span<const std::byte> buf) {
+    for (const InPlacePiece& p : plan.in_place)
+        if (auto r = co_await check_overlap(p.host, p.length, "a write"); !r) co_return r;
     std::vector<awaitable<Result<void>>> tasks;
     for (const ClusterStep& s : plan.clusters)
         tasks.push_back(write_cluster(s.cluster, s.start, buf.subspan(s.buf_offset, s.length)));
@@ -76,8 +79,11 @@ awaitable<Result<void>> Qcow2Image::write_cluster(ClusterIndex c, uint64_t start
     auto lock = co_await lock_cluster(c);
     auto l = co_await lookup(c);  // Again: it may have changed while we waited (R12).
     if (!l) co_return l.error();
-    if (classify_write(*l, start, data.size(), write_context()) == WriteKind::InPlace)
+    if (classify_write(*l, start, data.size(), write_context()) == WriteKind::InPlace) {
+        if (auto r = co_await check_overlap(l->host + start, data.size(), "a write"); !r)
+            co_return r;
         co_return co_await data_io().write(l->host + start, data);
+    }
     co_return co_await write_allocating(c, *l, start, data);
 }
 
@@ -136,6 +142,10 @@ awaitable<Result<void>> Qcow2Image::write_allocating(ClusterIndex c, const Clust
 awaitable<Result<void>> Qcow2Image::fill_cluster(ClusterIndex c, const ClusterInfo& ci,
                                                  DataCluster target, AllocationShape shape,
                                                  uint64_t start, std::span<const std::byte> data) {
+    if (auto r = co_await check_overlap(target.host + shape.begin, shape.end - shape.begin,
+                                        "an allocating write");
+        !r)
+        co_return r;
     io::File& f = data_io();
     if (reads_as_zero(ci, write_context()))
         co_return co_await write_zero_padded(ex_, f, target.host, shape.begin, shape.end, start,
@@ -182,8 +192,10 @@ awaitable<Result<void>> Qcow2Image::write_fresh_run(FreshRunStep run,
     if (!a) co_return a.error();
     const HostOffset host = geo_.host_start_of(a->first);
     maybe_preallocate(host + geo_.bytes(run.count));
-    auto wr = co_await write_zero_padded(ex_, *file_, host, 0, geo_.bytes(run.count), run.start,
-                                         data, a->fresh);
+    auto wr = co_await check_overlap(host, geo_.bytes(run.count), "an allocating write");
+    if (wr)
+        wr = co_await write_zero_padded(ex_, *file_, host, 0, geo_.bytes(run.count), run.start,
+                                        data, a->fresh);
     if (!wr) {
         co_await give_back(host, run.count);
         co_return wr;

@@ -39,8 +39,10 @@ awaitable<Result<void>> Qcow2Image::zero_cluster(ClusterIndex c, uint64_t start,
         co_return ok();
     if (flags.fast_only) co_return Error{ENOTSUP, "zeroing this range would write data"};
     Buffer zeros(len);
-    if (ci.kind == ClusterKind::Normal && ci.copied && !geo_.extended_l2)
+    if (ci.kind == ClusterKind::Normal && ci.copied && !geo_.extended_l2) {
+        if (auto r = co_await check_overlap(ci.host + start, len, "a zero write"); !r) co_return r;
         co_return co_await data_io().write(ci.host + start, zeros.span());
+    }
     co_return co_await write_allocating(c, ci, start, zeros.span());
 }
 

@@ -90,6 +90,7 @@ awaitable<Result<void>> Refcounts::ensure_block(uint64_t b) {
     const HostClusterIndex c = first_of_block(b);
     const HostOffset off = geo_.host_start_of(c);
     auto e = cache_.create(off);
+    meta_.add(off, geo_.cluster_size());
     set_refcount(e->data.data(), 0, order_, 1);
     table_[b] = off.value;
     mark_table_dirty(b);
@@ -112,6 +113,7 @@ awaitable<Result<void>> Refcounts::grow_table(uint64_t needed_entries) {
         const HostOffset off = geo_.host_start_of(next);
         ++next;
         cache_.create(off);
+        meta_.add(off, geo_.cluster_size());
         grown[b] = off.value;
     }
     const RefTableLocation old = loc_;
@@ -121,13 +123,14 @@ awaitable<Result<void>> Refcounts::grow_table(uint64_t needed_entries) {
     // R3: the new table is written whole, then the header points to it; the old table is
     // freed only after that barrier.
     relocated_ = loc_;
+    meta_.add(loc_.offset, geo_.bytes(plan->table_clusters));
     dirty_table_.clear();
     for (uint64_t i = 0; i < plan->table_clusters.value; ++i) dirty_table_.insert(i);
     note_used(plan->end());
     fresh_start_ = std::max(fresh_start_, plan->end());
     for (HostClusterIndex c = plan->area; c < plan->end(); ++c)
         if (auto r = co_await set(c, 1); !r) co_return r;
-    if (old.clusters) defer_free(old.offset, geo_.bytes(ClusterCount{old.clusters}));
+    if (old.clusters) defer_free(old.offset, geo_.bytes(ClusterCount{old.clusters}), true);
     co_return ok();
 }
 

@@ -10,7 +10,7 @@ namespace qnbd::qcow2 {
 
 Refcounts::Refcounts(io::File& file, Geometry geo, uint32_t order, RefTableLocation loc,
                      std::vector<uint64_t> table, uint64_t cache_budget, uint64_t file_size,
-                     DiskStats& stats)
+                     DiskStats& stats, MetadataMap& meta)
     : file_(file),
       geo_(geo),
       order_(order),
@@ -20,7 +20,8 @@ Refcounts::Refcounts(io::File& file, Geometry geo, uint32_t order, RefTableLocat
       cache_(file, geo.cluster_size(), cache_budget, stats),
       stats_(stats),
       fresh_start_(geo.host_cluster_end(file_size)),
-      end_cluster_(fresh_start_) {}
+      end_cluster_(fresh_start_),
+      meta_(meta) {}
 
 awaitable<Result<CacheRef>> Refcounts::block_for(HostClusterIndex c, bool create) {
     const uint64_t b = block_of(c);
@@ -66,8 +67,8 @@ awaitable<Result<void>> Refcounts::adjust(HostClusterIndex c, int64_t delta) {
     co_return co_await set(c, cur + delta);
 }
 
-void Refcounts::defer_free(HostOffset off, uint64_t len) {
-    if (len) pending_.push_back(PendingFree{epoch_, off, len});
+void Refcounts::defer_free(HostOffset off, uint64_t len, bool metadata) {
+    if (len) pending_.push_back(PendingFree{epoch_, off, len, metadata});
 }
 
 awaitable<Result<void>> Refcounts::apply_frees(uint64_t cut) {
@@ -78,6 +79,7 @@ awaitable<Result<void>> Refcounts::apply_frees(uint64_t cut) {
         return true;
     });
     for (auto& p : now) {
+        if (p.metadata) meta_.remove(p.off, p.len);
         const HostClusterIndex first = geo_.host_cluster_of(p.off);
         const HostClusterIndex last = geo_.host_cluster_of(p.off + (p.len - 1));
         for (HostClusterIndex c = first; c <= last; ++c) {

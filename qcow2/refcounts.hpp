@@ -11,6 +11,7 @@
 
 #include "base/async.hpp"
 #include "qcow2/metadata_cache.hpp"
+#include "qcow2/metadata_map.hpp"
 #include "qcow2/refcount_codec.hpp"
 #include "qcow2/refcount_growth.hpp"
 
@@ -49,9 +50,10 @@ struct Allocation {
 /// Refcount bookkeeping and the allocator of host clusters in the image file.
 class Refcounts {
   public:
+    /// `meta` learns of every refcount block and table cluster this object creates or frees.
     Refcounts(io::File& file, Geometry geo, uint32_t order, RefTableLocation loc,
               std::vector<uint64_t> table, uint64_t cache_budget, uint64_t file_size,
-              DiskStats& stats);
+              DiskStats& stats, MetadataMap& meta);
 
     /// Refcount of host cluster `c` (0 where no refcount block covers it).
     awaitable<Result<uint64_t>> get(HostClusterIndex c);
@@ -73,8 +75,9 @@ class Refcounts {
     awaitable<Result<void>> release(HostClusterIndex first, ClusterCount n);
 
     /// Drops one reference from every cluster that [off, off+len) touches, after the next
-    /// barrier that starts from now has completed (R6).
-    void defer_free(HostOffset off, uint64_t len);
+    /// barrier that starts from now has completed (R6). Freed `metadata` stops counting as
+    /// metadata only then.
+    void defer_free(HostOffset off, uint64_t len, bool metadata = false);
     /// The epoch frees are registered in now; a barrier closes it (R7).
     uint64_t close_epoch() { return epoch_++; }
     /// The epoch currently open for frees.
@@ -134,7 +137,9 @@ class Refcounts {
         uint64_t epoch;
         HostOffset off;
         uint64_t len;
+        bool metadata;
     };
+    MetadataMap& meta_;
     std::vector<PendingFree> pending_;
     bool alloc_busy_ = false;
     Notifier alloc_done_;

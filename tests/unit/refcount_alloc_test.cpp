@@ -141,8 +141,9 @@ TEST_CASE("free runs: used clusters are skipped and the first long enough run is
     DiskStats stats;
     // Cluster 0: header, 1: the block, 2: table; 3 free, 4 used, 5.. free.
     auto file = refcount_file(io, dir.file("rc"), geo, 4, 8, 1, {1, 1, 1, 0, 1});
+    MetadataMap meta(geo);
     Refcounts rc(*file, geo, 4, RefTableLocation{HostOffset{2 * 512}, 1}, {512}, 1 << 20, 8 * 512,
-                 stats);
+                 stats, meta);
     test::run(io, [&]() -> awaitable<void> {
         auto one = co_await rc.find_free_run(ClusterCount{1});
         REQUIRE(one);
@@ -178,8 +179,9 @@ TEST_CASE("free runs: the first cluster of a range without a block is left for t
     DiskStats stats;
     std::vector<uint64_t> full(256, 1);  // range 0 completely used
     auto file = refcount_file(io, dir.file("rc"), geo, 4, 256, 1, full);
+    MetadataMap meta(geo);
     Refcounts rc(*file, geo, 4, RefTableLocation{HostOffset{2 * 512}, 1}, {512}, 1 << 20, 256 * 512,
-                 stats);
+                 stats, meta);
     test::run(io, [&]() -> awaitable<void> {
         auto run = co_await rc.find_free_run(ClusterCount{4});
         REQUIRE(run);
@@ -206,6 +208,8 @@ TEST_CASE("free runs: the first cluster of a range without a block is left for t
     CHECK(w.relocation->clusters == 1);
     CHECK(w.table.size() == 1);
     CHECK(rc.has_pending_frees());  // the old table, freed after the barrier (R3, R6)
+    CHECK(meta.overlaps(HostOffset{256 * 512}, 512));  // the new block
+    CHECK(meta.overlaps(HostOffset{257 * 512}, 512));  // the new table
     CHECK_FALSE(rc.has_dirty());
     rc.restore(w);
     CHECK(rc.has_dirty());
