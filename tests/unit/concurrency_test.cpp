@@ -6,13 +6,19 @@
 
 #include <algorithm>
 
-#include "tests/unit/qemu_images.hpp"
-#include "tests/unit/reference_model.hpp"
+#include "tests/unit/support/compare.hpp"
+#include "tests/unit/support/disk.hpp"
+#include "tests/unit/support/files.hpp"
+#include "tests/unit/support/patterns.hpp"
+#include "tests/unit/support/qemu.hpp"
+#include "tests/unit/support/random.hpp"
+#include "tests/unit/support/reference_model.hpp"
+#include "tests/unit/support/run.hpp"
 
 namespace {
 
 using namespace qnbd;
-using namespace qnbd::difftest;
+using namespace qnbd::test;
 
 /// An image under test with its reference and an io_context to drive the engine.
 struct Fixture {
@@ -30,7 +36,7 @@ struct Fixture {
         Bytes base;
         if (backing) {
             random_file(dir.file("base.raw"), size / 2 + 4096, 404);
-            base = slurp(dir.file("base.raw"));
+            base = read_file(dir.file("base.raw"));
         }
         qemu_create(path, size, opts, backing ? "base.raw" : "", "raw");
         if (prefill) qemu_io(path, pattern_cmds(dir, c, size, true, 405));
@@ -40,45 +46,17 @@ struct Fixture {
     /// Runs `body` with the image open for writing, then closes it and checks everything.
     template <class F>
     void session(F body) {
-        run_co(io, [&]() -> awaitable<void> {
-            auto disk = co_await open_ok(path, false);
-            co_await body(*disk);
-            co_await check_disk(*disk, *ref, "engine read after the concurrent operations");
-            co_await close_ok(disk);
+        with_disk(io, path, OpenOptions{}, [&](Disk& disk) -> awaitable<void> {
+            co_await body(disk);
+            co_await check_disk(disk, *ref, "engine read after the concurrent operations");
         });
         require_qemu_check_clean(path);
         ref->observe(qemu_raw(path), "qemu-img convert after close");
-        run_co(io, [&]() -> awaitable<void> {
-            auto disk = co_await open_ok(path, true);
-            co_await check_disk(*disk, *ref, "engine read after reopening");
-            co_await close_ok(disk);
+        with_disk(path, true, [&](Disk& disk) -> awaitable<void> {
+            co_await check_disk(disk, *ref, "engine read after reopening");
         });
     }
 };
-
-/// Cuts [from, to) into disjoint pieces at the given cut points, in random order.
-std::vector<std::pair<uint64_t, uint64_t>> cut(std::mt19937_64& rng, std::vector<uint64_t> cuts) {
-    std::sort(cuts.begin(), cuts.end());
-    cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
-    std::vector<std::pair<uint64_t, uint64_t>> out;
-    for (size_t i = 0; i + 1 < cuts.size(); ++i) out.emplace_back(cuts[i], cuts[i + 1] - cuts[i]);
-    std::shuffle(out.begin(), out.end(), rng);
-    return out;
-}
-
-/// `count` random cut points strictly inside (from, to).
-void add_cuts(std::mt19937_64& rng, std::vector<uint64_t>& cuts, uint64_t from, uint64_t to,
-              size_t count) {
-    for (size_t i = 0; i < count; ++i) cuts.push_back(from + 1 + rng() % (to - from - 1));
-}
-
-/// Cuts [from, to) into about `count` disjoint pieces of random sizes, in random order.
-std::vector<std::pair<uint64_t, uint64_t>> pieces(std::mt19937_64& rng, uint64_t from, uint64_t to,
-                                                  size_t count) {
-    std::vector<uint64_t> cuts{from, to};
-    add_cuts(rng, cuts, from, to, count - 1);
-    return cut(rng, cuts);
-}
 
 /// Applies all `ops` concurrently.
 awaitable<void> all_at_once(Disk& disk, Reference& ref, const std::vector<Op>& ops) {
@@ -88,8 +66,7 @@ awaitable<void> all_at_once(Disk& disk, Reference& ref, const std::vector<Op>& o
 }
 
 /// Data writes (one in eight a zero write, some with FUA) covering the pieces.
-std::vector<Op> writes_for(std::mt19937_64& rng,
-                           const std::vector<std::pair<uint64_t, uint64_t>>& ps) {
+std::vector<Op> writes_for(std::mt19937_64& rng, const std::vector<Piece>& ps) {
     std::vector<Op> ops;
     for (auto [off, len] : ps) {
         Op op = write_op(off, random_bytes(rng, len), rng() % 5 == 0);
@@ -159,7 +136,7 @@ TEST_CASE("concurrency: a write lands while a partial write to the same fresh cl
 
 namespace {
 
-/// 64 reads of a region nobody writes, checked against a snapshot of the reference.
+/// Eight reads of a region nobody writes, checked against a snapshot of the reference.
 awaitable<void> reader(Disk& disk, const Bytes& snapshot, uint64_t from, uint64_t to,
                        uint64_t seed) {
     std::mt19937_64 rng(seed);
@@ -183,7 +160,7 @@ TEST_CASE("concurrency: reads of stable regions while other regions are written"
     // Writers own even MiBs, readers read odd MiBs (so they share L2 tables and refcount blocks).
     std::vector<Op> ops;
     for (uint64_t mib = 0; mib < 8; mib += 2) {
-        auto ws = writes_for(rng, pieces(rng, mib * MiB, (mib + 1) * MiB, 24));
+        auto ws = writes_for(rng, random_pieces(rng, mib * MiB, (mib + 1) * MiB, 24));
         ops.insert(ops.end(), ws.begin(), ws.end());
     }
     fx.session([&](Disk& disk) -> awaitable<void> {
@@ -204,7 +181,7 @@ TEST_CASE("concurrency: flushes interleaved with writes", "[concurrency]") {
     INFO("options '" << opts << "' seed " << seed);
     Fixture fx(opts, 65536, 8 * MiB);
     std::mt19937_64 rng(seed);
-    auto ops = writes_for(rng, pieces(rng, 0, 8 * MiB, 64));
+    auto ops = writes_for(rng, random_pieces(rng, 0, 8 * MiB, 64));
     for (int i = 0; i < 40; ++i) ops.push_back(Op{Op::Flush, 0, 0, false, {}});
     std::shuffle(ops.begin(), ops.end(), rng);
     uint64_t flushes_before = 0;

@@ -4,12 +4,13 @@
 // what it logs and its two fault modes.
 #include <catch2/catch.hpp>
 
-#include <fstream>
 #include <set>
 
 #include "qcow2/metadata_cache.hpp"
-#include "tests/unit/recording_file.hpp"
-#include "tests/unit/test_util.hpp"
+#include "tests/unit/support/files.hpp"
+#include "tests/unit/support/recording_file.hpp"
+#include "tests/unit/support/run.hpp"
+#include "tests/unit/support/units.hpp"
 
 namespace {
 
@@ -29,12 +30,9 @@ struct Fixture {
     DiskStats stats;
 
     explicit Fixture(int clusters = 16) {
-        std::ofstream f(path, std::ios::binary);
-        for (int k = 0; k < clusters; ++k) {
-            std::string c(kCs, static_cast<char>(k + 1));
-            f.write(c.data(), static_cast<std::streamsize>(c.size()));
-        }
-        f.close();
+        test::Bytes contents;
+        for (int k = 0; k < clusters; ++k) contents.insert(contents.end(), kCs, std::byte(k + 1));
+        test::write_file(path, contents);
         auto r = test::recording_opener(log)(ctx.get_executor(), path, io::OpenFlags{true});
         REQUIRE(r);
         file = std::move(*r);

@@ -31,9 +31,17 @@ namespace qnbd::test {
 namespace asio = boost::asio;
 using asio::awaitable;
 
+/// Total length of a scatter/gather list.
+inline uint64_t iov_bytes(std::span<const iovec> iov) {
+    uint64_t n = 0;
+    for (const auto& v : iov) n += v.iov_len;
+    return n;
+}
+
 /// What a recorded operation did.
 enum class OpKind { Read, Write, Sync, Fallocate, Truncate };
 
+/// The name of an operation kind, for messages.
 inline const char* op_name(OpKind k) {
     switch (k) {
         case OpKind::Read:
@@ -160,6 +168,7 @@ class OpLog {
         int err;
     };
 
+    /// The errno to inject into the next operation of `kind` (0: none); counts it down.
     int fault_for(OpKind kind) {
         int err = 0;
         for (auto it = nth_.begin(); it != nth_.end();) {
@@ -193,7 +202,7 @@ class RecordingFile final : public io::File {
         : inner_(std::move(inner)), log_(std::move(log)) {}
 
     awaitable<Result<size_t>> readv(HostOffset off, std::span<const iovec> iov) override {
-        auto [i, err] = log_->begin(OpKind::Read, path(), off.value, total(iov));
+        auto [i, err] = log_->begin(OpKind::Read, path(), off.value, iov_bytes(iov));
         if (err) co_return co_await fail_later(err, "read", off.value);
         auto r = co_await inner_->readv(off, iov);
         log_->end(i, r ? 0 : r.error().code);
@@ -201,7 +210,7 @@ class RecordingFile final : public io::File {
     }
 
     awaitable<Result<void>> writev(HostOffset off, std::span<const iovec> iov) override {
-        auto [i, err] = log_->begin(OpKind::Write, path(), off.value, total(iov), iov);
+        auto [i, err] = log_->begin(OpKind::Write, path(), off.value, iov_bytes(iov), iov);
         if (err) co_return co_await fail_later(err, "write", off.value);
         co_return finish(i, co_await inner_->writev(off, iov));
     }
@@ -230,21 +239,18 @@ class RecordingFile final : public io::File {
     const std::string& path() const override { return inner_->path(); }
 
   private:
-    static uint64_t total(std::span<const iovec> iov) {
-        uint64_t n = 0;
-        for (const auto& v : iov) n += v.iov_len;
-        return n;
-    }
     /// An injected failure completes asynchronously, as a real one would: other coroutines
     /// run before the caller sees it.
     awaitable<Error> fail_later(int err, const char* what, uint64_t off) const {
         co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable);
         co_return injected(err, what, off);
     }
+    /// The error an injected fault reports.
     Error injected(int err, const char* what, uint64_t off) const {
         return Error{err, std::string("injected fault: ") + what + " of " + path() + " at " +
                               std::to_string(off) + ": " + std::strerror(err)};
     }
+    /// Records the completion of operation `index` and passes its result on.
     Result<void> finish(size_t index, Result<void> r) {
         log_->end(index, r ? 0 : r.error().code);
         return r;
