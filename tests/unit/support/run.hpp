@@ -1,4 +1,5 @@
-// Running coroutines from the tests: to completion on an io_context, or several at once.
+// Running coroutines from the tests: to completion on an io_context, several at once, or
+// started now and joined later; waiting for a condition with a deadline.
 #pragma once
 
 #include <boost/asio/awaitable.hpp>
@@ -10,9 +11,14 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
+#include <chrono>
 #include <exception>
+#include <functional>
+#include <memory>
 #include <utility>
 #include <vector>
+
+#include "base/async.hpp"
 
 namespace qnbd::test {
 
@@ -58,5 +64,61 @@ inline awaitable<void> when_all(std::vector<awaitable<void>> tasks) {
     }
     if (first) std::rethrow_exception(first);
 }
+
+/// Waits until `cond()` holds, checking it again whenever `changed` is notified; false if it
+/// still does not hold after `timeout`. Never blocks the thread.
+inline awaitable<bool> wait_for(Notifier& changed, std::function<bool()> cond,
+                                std::chrono::milliseconds timeout) {
+    if (cond()) co_return true;
+    struct State {
+        bool waiting = true, expired = false;
+    };
+    auto st = std::make_shared<State>();
+    asio::steady_timer timer(co_await asio::this_coro::executor, timeout);
+    timer.async_wait([st, &changed](boost::system::error_code ec) {
+        if (ec || !st->waiting) return;
+        st->expired = true;
+        changed.notify_all();
+    });
+    while (!cond() && !st->expired) co_await changed.wait();
+    st->waiting = false;
+    timer.cancel();
+    co_return cond();
+}
+
+/// A coroutine started on an executor at construction and joined later; whether it has
+/// finished can be asked at any time.
+class Task {
+  public:
+    /// Starts `body` on `ex`; called on that executor's thread, it runs `body` up to its first
+    /// suspension before returning.
+    Task(asio::any_io_executor ex, awaitable<void> body) : st_(std::make_shared<State>()) {
+        asio::co_spawn(ex, std::move(body), [st = st_](std::exception_ptr e) {
+            st->error = e;
+            st->done = true;
+            st->finished.notify_all();
+        });
+    }
+    /// True once the coroutine has returned or thrown.
+    bool done() const { return st_->done; }
+    /// Waits up to `timeout` for the coroutine to finish; true if it did.
+    awaitable<bool> finished_within(std::chrono::milliseconds timeout) {
+        const std::function<bool()> cond = [st = st_] { return st->done; };  // named: see open_ok
+        co_return co_await wait_for(st_->finished, cond, timeout);
+    }
+    /// Waits for the coroutine to finish and rethrows what it threw (e.g. a failed REQUIRE).
+    awaitable<void> join() {
+        while (!st_->done) co_await st_->finished.wait();
+        if (st_->error) std::rethrow_exception(st_->error);
+    }
+
+  private:
+    struct State {
+        bool done = false;
+        std::exception_ptr error;
+        Notifier finished;
+    };
+    std::shared_ptr<State> st_;
+};
 
 }  // namespace qnbd::test
