@@ -21,19 +21,8 @@ using namespace qnbd::test;
 using namespace std::chrono_literals;
 
 /// A 64 KiB file of zeros opened through a recording file.
-struct Fixture {
-    TempDir dir;
-    std::string path = dir.file("gate.bin");
-    asio::io_context io;
-    std::shared_ptr<OpLog> log = std::make_shared<OpLog>();
-    std::unique_ptr<io::File> file;
-
-    Fixture() {
-        write_file(path, Bytes(64 * KiB));
-        auto r = recording_opener(log)(io.get_executor(), path, io::OpenFlags{true});
-        REQUIRE(r);
-        file = std::move(*r);
-    }
+struct Fixture : RecordedFile {
+    Fixture() : RecordedFile(Bytes(64 * KiB)) {}
     /// Starts writing 4 KiB of `byte` at 4 KiB block `block`.
     Task write(uint64_t block, int byte) {
         return Task(io.get_executor(), write_block(*file, block * 4 * KiB, filled(4 * KiB, byte)));

@@ -29,12 +29,14 @@
 #include <utility>
 #include <vector>
 
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include "base/async.hpp"
 #include "io/file.hpp"
+#include "tests/unit/support/files.hpp"
 #include "tests/unit/support/run.hpp"
 
 namespace qnbd::test {
@@ -466,5 +468,24 @@ inline FileOpener recording_opener(std::shared_ptr<OpLog> log) {
         return std::unique_ptr<io::File>(std::make_unique<RecordingFile>(std::move(*f), log));
     };
 }
+
+/// A file holding `contents` in a temporary directory, opened writable through a recording
+/// file on an io_context of its own.
+struct RecordedFile {
+    TempDir dir;
+    std::string path;
+    asio::io_context io;
+    std::shared_ptr<OpLog> log = std::make_shared<OpLog>();
+    std::unique_ptr<io::File> file;
+
+    /// Writes `contents` to `name` in the directory and opens it.
+    explicit RecordedFile(const Bytes& contents, const std::string& name = "recorded.bin")
+        : path(dir.file(name)) {
+        write_file(path, contents);
+        auto r = recording_opener(log)(io.get_executor(), path, io::OpenFlags{true});
+        REQUIRE(r);
+        file = std::move(*r);
+    }
+};
 
 }  // namespace qnbd::test
