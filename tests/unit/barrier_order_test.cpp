@@ -12,7 +12,7 @@ using namespace qnbd;
 using namespace qnbd::test;
 using namespace qnbd::test::barrier;
 
-TEST_CASE("first barrier: dirty bit, refcounts, L2 tables, L1 table; then two syncs", "[barrier]") {
+TEST_CASE("first barrier: dirty bit, refcounts, L2 tables, L1 table, then two syncs", "[barrier]") {
     Session s("", 1024 * MiB);
     const Layout before = read_layout(s.path);
     Window first, second;
@@ -235,7 +235,7 @@ Summary retry_after_failed_sync(int nth) {
 
 }  // namespace
 
-TEST_CASE("an EIO on a barrier's sync fails flush; a retry rewrites and succeeds",
+TEST_CASE("an EIO on a barrier's sync fails flush, a retry rewrites and succeeds",
           "[barrier][fault]") {
     const int nth = GENERATE(2, 3, 4);  // the first barrier has four syncs
     INFO("failing sync " << nth);
@@ -307,7 +307,7 @@ void repair_and_check(Session& s, const std::string& path) {
 
 }  // namespace
 
-TEST_CASE("a copy taken after a flush is dirty; open_disk rebuilds its refcounts",
+TEST_CASE("a copy taken after a flush is dirty and open_disk rebuilds its refcounts",
           "[barrier][dirty]") {
     Session s("", 16 * MiB);
     const std::string copy = s.dir.file("crash.qcow2");
@@ -327,7 +327,7 @@ TEST_CASE("a copy taken after a flush is dirty; open_disk rebuilds its refcounts
     repair_and_check(s, copy);
 }
 
-TEST_CASE("a Disk destroyed without close leaves the dirty bit; reopening repairs",
+TEST_CASE("a Disk destroyed without close leaves the dirty bit and reopening repairs",
           "[barrier][dirty]") {
     Session s("", 16 * MiB);
     s.run([&]() -> awaitable<void> {

@@ -113,7 +113,7 @@ TEST_CASE("recording file: an offset range chooses the held writes", "[recording
     });
 }
 
-TEST_CASE("recording file: waits time out; a Hold destroyed releases what it holds",
+TEST_CASE("recording file: waits time out and a Hold destroyed releases what it holds",
           "[recording_file]") {
     Fixture fx;
     run_co(fx.io, [&]() -> awaitable<void> {
