@@ -14,13 +14,16 @@
 #include "base/buffer.hpp"
 #include "io/aligned_file.hpp"
 #include "io/file.hpp"
-#include "tests/unit/test_util.hpp"
+#include "tests/unit/support/compare.hpp"
+#include "tests/unit/support/files.hpp"
+#include "tests/unit/support/random.hpp"
+#include "tests/unit/support/recording_file.hpp"
+#include "tests/unit/support/run.hpp"
 
 namespace {
 
 using namespace qnbd;
-using qnbd::test::TempDir;
-using Bytes = std::vector<std::byte>;
+using namespace qnbd::test;
 
 /// What reached the file below the adapter.
 struct Stats {
@@ -60,7 +63,7 @@ class StrictFile final : public io::File {
         if (!check(off.value, iov)) co_return Error{EINVAL, "misaligned write"};
         clash(off.value, iov);
         auto it = stats_->running.insert(stats_->running.end(),
-                                         blocks(off.value, total(iov), Stats::Kind::Write));
+                                         blocks(off.value, iov_bytes(iov), Stats::Kind::Write));
         stats_->max_writes_in_flight =
             std::max(stats_->max_writes_in_flight, ++stats_->writes_in_flight);
         auto r = co_await inner_->writev(off, iov);
@@ -87,11 +90,6 @@ class StrictFile final : public io::File {
     const std::string& path() const override { return inner_->path(); }
 
   private:
-    static size_t total(std::span<const iovec> iov) {
-        size_t n = 0;
-        for (auto& v : iov) n += v.iov_len;
-        return n;
-    }
     Stats::Running blocks(uint64_t off, uint64_t len, Stats::Kind kind) const {
         return {off / align_, (off + len + align_ - 1) / align_, kind};
     }
@@ -105,7 +103,7 @@ class StrictFile final : public io::File {
         return ok;
     }
     void clash(uint64_t off, std::span<const iovec> iov) {
-        auto me = blocks(off, total(iov), Stats::Kind::Write);
+        auto me = blocks(off, iov_bytes(iov), Stats::Kind::Write);
         for (auto& r : stats_->running)
             if (r.first < me.end && me.first < r.end) ++stats_->clashes;
     }
@@ -142,15 +140,6 @@ struct OddBuffer {
     std::byte* p;
     size_t n;
 };
-
-void fill(std::span<std::byte> s, std::mt19937_64& rng) {
-    for (auto& b : s) b = static_cast<std::byte>(rng());
-}
-
-template <class T>
-void require_ok(const Result<T>& r) {
-    if (!r) FAIL(r.error().message);
-}
 
 /// A fresh O_DIRECT file behind the adapter, with what reached it below.
 struct Fixture {
@@ -223,7 +212,7 @@ awaitable<void> random_ops(io::File& f, Model& ref, size_t align, uint64_t seed,
         OddBuffer buf(s.len, s.shift);
         auto iov = split(buf.p, s.len, s.unit, rng);
         if (kind < 9) {
-            fill(buf.span(), rng);
+            fill_random(buf.span(), rng);
             require_ok(co_await f.writev(HostOffset{s.off}, iov));
             ref.write(s.off, buf.p, s.len);
         } else if (kind < 17) {
@@ -253,13 +242,12 @@ awaitable<void> random_ops(io::File& f, Model& ref, size_t align, uint64_t seed,
 }
 
 /// Writes every (offset, length) piece concurrently from its own misaligned buffer.
-awaitable<Result<void>> write_all(io::File& f, Model& ref,
-                                  const std::vector<std::pair<uint64_t, size_t>>& pieces,
+awaitable<Result<void>> write_all(io::File& f, Model& ref, const std::vector<Piece>& pieces,
                                   std::mt19937_64& rng) {
     size_t bytes = 0;
     for (auto& [off, len] : pieces) bytes += len;
     OddBuffer buf(bytes, 1);
-    fill(buf.span(), rng);
+    fill_random(buf.span(), rng);
     JoinSet all(co_await asio::this_coro::executor);
     std::byte* p = buf.p;
     for (auto& [off, len] : pieces) {
@@ -268,19 +256,6 @@ awaitable<Result<void>> write_all(io::File& f, Model& ref,
         p += len;
     }
     co_return co_await all.wait();
-}
-
-/// [from, to) cut into about `count` random disjoint pieces, in random order.
-std::vector<std::pair<uint64_t, size_t>> pieces(std::mt19937_64& rng, uint64_t from, uint64_t to,
-                                                size_t count) {
-    std::vector<uint64_t> cuts{from, to};
-    for (size_t i = 1; i < count; ++i) cuts.push_back(from + 1 + rng() % (to - from - 1));
-    std::sort(cuts.begin(), cuts.end());
-    cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
-    std::vector<std::pair<uint64_t, size_t>> out;
-    for (size_t i = 0; i + 1 < cuts.size(); ++i) out.emplace_back(cuts[i], cuts[i + 1] - cuts[i]);
-    std::shuffle(out.begin(), out.end(), rng);
-    return out;
 }
 
 /// Checks the file's size (through the adapter and on disk) and contents against `ref`.
@@ -314,7 +289,7 @@ TEST_CASE("aligned_file: reads stop at an end of file that is not aligned", "[al
     Model ref;
     fx.run([&]() -> awaitable<void> {
         Bytes data(5000);
-        fill(data, rng);
+        fill_random(data, rng);
         require_ok(co_await fx.file->write(HostOffset{0}, data));
         ref.write(0, data.data(), data.size());
         for (auto [off, len] : {std::pair<uint64_t, size_t>{4000, 2000},
@@ -378,17 +353,17 @@ TEST_CASE("aligned_file: concurrent writes sharing blocks do not lose each other
     std::mt19937_64 rng(align);
     Model ref;
     SECTION("500 writes of 100 bytes, growing the file") {
-        std::vector<std::pair<uint64_t, size_t>> p;
+        std::vector<Piece> p;
         for (uint64_t i = 0; i < 500; ++i) p.emplace_back(i * 100, 100);
         std::shuffle(p.begin(), p.end(), rng);
         require_ok(fx.run(write_all(*fx.file, ref, p, rng)));
     }
     SECTION("random pieces, growing the file") {
-        require_ok(fx.run(write_all(*fx.file, ref, pieces(rng, 0, 200000, 400), rng)));
+        require_ok(fx.run(write_all(*fx.file, ref, random_pieces(rng, 0, 200000, 400), rng)));
     }
     SECTION("random pieces over existing data") {
         require_ok(fx.run(write_all(*fx.file, ref, {{0, 300000}}, rng)));
-        require_ok(fx.run(write_all(*fx.file, ref, pieces(rng, 1, 299999, 600), rng)));
+        require_ok(fx.run(write_all(*fx.file, ref, random_pieces(rng, 1, 299999, 600), rng)));
     }
     require_matches(fx, ref);
     REQUIRE(fx.stats->clashes == 0);
@@ -425,7 +400,7 @@ TEST_CASE("aligned_file: reads racing with writes that grow the file", "[aligned
     const uint64_t limit = 300000;
     require_ok(fx.run([&]() -> awaitable<Result<void>> {
         JoinSet all(co_await asio::this_coro::executor);
-        all.spawn(write_all(*fx.file, ref, pieces(rng, 0, limit, 300), rng));
+        all.spawn(write_all(*fx.file, ref, random_pieces(rng, 0, limit, 300), rng));
         for (int i = 0; i < 100; ++i) all.spawn(read_some(*fx.file, rng(), limit, seen));
         co_return co_await all.wait();
     }()));
@@ -455,10 +430,10 @@ TEST_CASE("aligned_file: fallocate does not interleave with read-modify-writes",
     }
     require_ok(probe);
     ref.zero(0, 1);
-    std::vector<std::pair<uint64_t, size_t>> writes;
+    std::vector<Piece> writes;
     fx.run([&]() -> awaitable<void> {
         JoinSet all(co_await asio::this_coro::executor);
-        for (auto [off, len] : pieces(rng, 1, 262144, 300)) {
+        for (auto [off, len] : random_pieces(rng, 1, 262144, 300)) {
             if (rng() % 2) {
                 writes.emplace_back(off, len);
                 continue;

@@ -4,22 +4,26 @@
 // reading of the image.
 #include <catch2/catch.hpp>
 
-#include "tests/unit/qemu_images.hpp"
-#include "tests/unit/recording_file.hpp"
+#include <filesystem>
+
+#include "tests/unit/support/compare.hpp"
+#include "tests/unit/support/disk.hpp"
+#include "tests/unit/support/files.hpp"
+#include "tests/unit/support/qemu.hpp"
+#include "tests/unit/support/random.hpp"
+#include "tests/unit/support/recording_file.hpp"
+#include "tests/unit/support/run.hpp"
 
 namespace {
 
 using namespace qnbd;
-using namespace qnbd::difftest;
-using qnbd::test::OpKind;
-using qnbd::test::OpLog;
-using qnbd::test::recording_opener;
+using namespace qnbd::test;
 
-/// Opens `path` writable with every file operation recorded in `log`.
-awaitable<OpenDisk> open_recorded(std::string path, std::shared_ptr<OpLog> log) {
+/// Options opening an image writable with every file operation recorded in `log`.
+OpenOptions recorded(std::shared_ptr<OpLog> log) {
     OpenOptions opts;
     opts.file_opener = recording_opener(std::move(log));
-    co_return co_await open_ok(std::move(path), opts);
+    return opts;
 }
 
 /// One run of `qemu-img map --output=json` with its host offset (-1 where none).
@@ -28,16 +32,12 @@ struct HostRun {
     int64_t offset;
 };
 
+/// The runs of `qemu-img map` with their host offsets.
 std::vector<HostRun> host_map(const std::string& path) {
-    auto json = run_ok("qemu-img map --output=json " + shq(path));
     std::vector<HostRun> runs;
-    for (size_t i = 0; (i = json.find('{', i)) != std::string::npos;) {
-        size_t j = json.find('}', i);
-        auto f = json_fields(json.substr(i + 1, j - i - 1));
+    for (const auto& f : qemu_map_json(path))
         runs.push_back(HostRun{std::stoull(f.at("start")), std::stoull(f.at("length")),
                                f.count("offset") ? std::stoll(f.at("offset")) : -1});
-        i = j;
-    }
     return runs;
 }
 
@@ -57,8 +57,14 @@ Bytes by_offset(uint64_t off, uint64_t len) {
     return b;
 }
 
-awaitable<void> write_ok(Disk& d, uint64_t off, Bytes data) {
-    require_ok(co_await d.write(GuestOffset{off}, data, WriteFlags{}), "write");
+/// What the guest must read of a 64 MiB disk after writes of by_offset bytes to `written`.
+Bytes written_by_offset(std::initializer_list<Piece> written) {
+    Bytes want(64 * MiB);
+    for (auto [off, len] : written) {
+        const Bytes b = by_offset(off, len);
+        std::copy(b.begin(), b.end(), want.begin() + static_cast<ptrdiff_t>(off));
+    }
+    return want;
 }
 
 }  // namespace
@@ -70,24 +76,20 @@ TEST_CASE("allocation: a multi-cluster write on a fresh image is one host-contig
     qemu_create(img, 64 * MiB, "");
     auto log = std::make_shared<OpLog>();
     uint64_t size_while_open = 0;
-    asio::io_context io;
-    run_co(io, [&]() -> awaitable<void> {
-        auto d = co_await open_recorded(img, log);
-        co_await write_ok(*d, 4 * KiB, by_offset(4 * KiB, 4 * KiB));
+    with_disk(img, recorded(log), [&](Disk& d) -> awaitable<void> {
+        co_await write_ok(d, 4 * KiB, by_offset(4 * KiB, 4 * KiB));
         // 1 MiB + 8 KiB starting 4 KiB into a cluster: 17 clusters, partial at both ends.
         // Let the preallocation the first write started finish first.
-        for (int i = 0;
-             i < 100000 && (log->count(OpKind::Fallocate) == 0 || log->ops().back().done == 0); ++i)
-            co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable);
+        REQUIRE(co_await log->settle());
+        REQUIRE(log->count(OpKind::Fallocate) > 0);
         const uint64_t from = log->clock();
-        co_await write_ok(*d, 2 * MiB + 4 * KiB, by_offset(2 * MiB + 4 * KiB, MiB + 8 * KiB));
+        co_await write_ok(d, 2 * MiB + 4 * KiB, by_offset(2 * MiB + 4 * KiB, MiB + 8 * KiB));
         auto ops = log->ops_since(from);
         REQUIRE(ops.size() == 1);  // one data write, no zero fill, no metadata yet
         CHECK(ops[0].kind == OpKind::Write);
         CHECK(ops[0].length == MiB + 8 * KiB);
         // The file was reserved ahead of the allocations (4 MiB at least).
         size_while_open = std::filesystem::file_size(img);
-        co_await close_ok(d);
     });
     // Clean close gave the unused reserved tail back.
     const auto end_offset =
@@ -100,32 +102,24 @@ TEST_CASE("allocation: a multi-cluster write on a fresh image is one host-contig
     for (uint64_t c = 0; c < 17; ++c)
         CHECK(host_of(img, 2 * MiB + c * 64 * KiB) == h0 + static_cast<int64_t>(c * 64 * KiB));
     require_qemu_check_clean(img);
-    Bytes want(64 * MiB);
-    auto put = [&](uint64_t off, uint64_t len) {
-        auto b = by_offset(off, len);
-        std::copy(b.begin(), b.end(), want.begin() + static_cast<ptrdiff_t>(off));
-    };
-    put(4 * KiB, 4 * KiB);
-    put(2 * MiB + 4 * KiB, MiB + 8 * KiB);
-    require_same(qemu_raw(img), want, "qemu's read of the image", 0);
+    require_same(qemu_raw(img),
+                 written_by_offset({{4 * KiB, 4 * KiB}, {2 * MiB + 4 * KiB, MiB + 8 * KiB}}),
+                 "qemu's read of the image", 0);
 }
 
 TEST_CASE("allocation: concurrent overlapping multi-cluster writes on a fresh image", "[alloc]") {
     TempDir dir;
     const std::string img = dir.file("a.qcow2");
     qemu_create(img, 64 * MiB, "");
-    asio::io_context io;
-    run_co(io, [&]() -> awaitable<void> {
-        auto d = co_await open_ok(img, false);
+    with_disk(img, false, [&](Disk& d) -> awaitable<void> {
         std::vector<awaitable<void>> tasks;
         // Runs that overlap by whole and partial clusters: the later one finds some of its
         // clusters taken meanwhile and writes those in place.
         for (uint64_t i = 0; i < 8; ++i) {
             const uint64_t off = i * 300 * KiB, len = 700 * KiB + i * 1000;
-            tasks.push_back(write_ok(*d, off, by_offset(off, len)));
+            tasks.push_back(write_ok(d, off, by_offset(off, len)));
         }
         co_await when_all(std::move(tasks));
-        co_await close_ok(d);
     });
     require_qemu_check_clean(img);
     const uint64_t end = 7 * 300 * KiB + 700 * KiB + 7000;
@@ -142,15 +136,12 @@ TEST_CASE("allocation: recycled clusters read zeros where the write did not reac
     const int64_t old = host_of(img, 0);
     REQUIRE(old > 0);
     auto log = std::make_shared<OpLog>();
-    asio::io_context io;
-    run_co(io, [&]() -> awaitable<void> {
-        auto d = co_await open_recorded(img, log);
-        require_ok(co_await d->discard(GuestOffset{0}, MiB, WriteFlags{}), "discard");
-        require_ok(co_await d->flush(), "flush");  // the freed clusters become reusable
+    with_disk(img, recorded(log), [&](Disk& d) -> awaitable<void> {
+        require_ok(co_await d.discard(GuestOffset{0}, MiB, WriteFlags{}), "discard");
+        require_ok(co_await d.flush(), "flush");  // the freed clusters become reusable
         // One cluster written in part, then a three-cluster run with partial ends.
-        co_await write_ok(*d, 8 * MiB + 8 * KiB, by_offset(8 * MiB + 8 * KiB, 4 * KiB));
-        co_await write_ok(*d, 16 * MiB + 4 * KiB, by_offset(16 * MiB + 4 * KiB, 184 * KiB));
-        co_await close_ok(d);
+        co_await write_ok(d, 8 * MiB + 8 * KiB, by_offset(8 * MiB + 8 * KiB, 4 * KiB));
+        co_await write_ok(d, 16 * MiB + 4 * KiB, by_offset(16 * MiB + 4 * KiB, 184 * KiB));
     });
     // The unwritten parts of the recycled clusters were zeroed by fallocate, not written.
     size_t zeroings = 0;
@@ -166,14 +157,9 @@ TEST_CASE("allocation: recycled clusters read zeros where the write did not reac
     CHECK(b >= old);
     CHECK(b < old + static_cast<int64_t>(MiB));
     require_qemu_check_clean(img);
-    Bytes want(64 * MiB);
-    auto put = [&](uint64_t off, uint64_t len) {
-        auto v = by_offset(off, len);
-        std::copy(v.begin(), v.end(), want.begin() + static_cast<ptrdiff_t>(off));
-    };
-    put(8 * MiB + 8 * KiB, 4 * KiB);
-    put(16 * MiB + 4 * KiB, 184 * KiB);
-    require_same(qemu_raw(img), want, "qemu's read of the image", 0);
+    require_same(qemu_raw(img),
+                 written_by_offset({{8 * MiB + 8 * KiB, 4 * KiB}, {16 * MiB + 4 * KiB, 184 * KiB}}),
+                 "qemu's read of the image", 0);
 }
 
 TEST_CASE("clusters written in reverse order are read and rewritten with one request each",
@@ -186,12 +172,10 @@ TEST_CASE("clusters written in reverse order are read and rewritten with one req
         cmds.push_back("write -P " + std::to_string(0x10 + c) + " " + n(c * 64 * KiB) + " 64k");
     qemu_io(img, cmds);
     auto log = std::make_shared<OpLog>();
-    asio::io_context io;
-    run_co(io, [&]() -> awaitable<void> {
-        auto d = co_await open_recorded(img, log);
-        (void)co_await read_ok(*d, 0, 4 * KiB);  // loads the L2 table
+    with_disk(img, recorded(log), [&](Disk& d) -> awaitable<void> {
+        (void)co_await read_ok(d, 0, 4 * KiB);  // loads the L2 table
         uint64_t from = log->clock();
-        Bytes got = co_await read_ok(*d, 0, MiB);
+        Bytes got = co_await read_ok(d, 0, MiB);
         auto ops = log->ops_since(from);
         REQUIRE(ops.size() == 1);
         CHECK(ops[0].kind == OpKind::Read);
@@ -199,16 +183,12 @@ TEST_CASE("clusters written in reverse order are read and rewritten with one req
         for (uint64_t c = 0; c < 16; ++c)
             CHECK(got[c * 64 * KiB + 100] == std::byte(static_cast<uint8_t>(0x10 + c)));
         from = log->clock();
-        co_await write_ok(*d, 0, by_offset(0, MiB));
+        co_await write_ok(d, 0, by_offset(0, MiB));
         ops = log->ops_since(from);
         REQUIRE(ops.size() == 1);
         CHECK(ops[0].kind == OpKind::Write);
         CHECK(ops[0].length == MiB);
-        co_await close_ok(d);
     });
     require_qemu_check_clean(img);
-    Bytes want(64 * MiB);
-    auto b = by_offset(0, MiB);
-    std::copy(b.begin(), b.end(), want.begin());
-    require_same(qemu_raw(img), want, "qemu's read of the image", 0);
+    require_same(qemu_raw(img), written_by_offset({{0, MiB}}), "qemu's read of the image", 0);
 }

@@ -4,12 +4,14 @@
 #include <catch2/catch.hpp>
 #include <future>
 
-#include "tests/unit/qemu_images.hpp"
+#include "tests/unit/support/disk.hpp"
+#include "tests/unit/support/qemu.hpp"
+#include "tests/unit/support/run.hpp"
 
 namespace {
 
 using namespace qnbd;
-using namespace qnbd::difftest;
+using namespace qnbd::test;
 
 /// Forwards to `inner`; while armed, a write at offset 0 (the header) throws.
 class ThrowingFile final : public io::File {

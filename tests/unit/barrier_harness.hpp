@@ -6,7 +6,6 @@
 
 #include <boost/asio/this_coro.hpp>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <set>
 #include <sstream>
@@ -14,32 +13,21 @@
 #include "base/async.hpp"
 #include "base/buffer.hpp"
 #include "image/open.hpp"
-#include "tests/unit/recording_file.hpp"
-#include "tests/unit/test_util.hpp"
+#include "tests/unit/support/disk.hpp"
+#include "tests/unit/support/files.hpp"
+#include "tests/unit/support/qemu.hpp"
+#include "tests/unit/support/recording_file.hpp"
+#include "tests/unit/support/run.hpp"
+#include "tests/unit/support/units.hpp"
 
-namespace {
+namespace qnbd::test::barrier {
 
-using namespace qnbd;
-using test::OpKind;
-using test::OpRecord;
-
-constexpr uint64_t KiB = 1024;
-constexpr uint64_t MiB = 1024 * KiB;
-constexpr uint64_t kOffsetMask = 0x00fffffffffffe00ULL;
+inline constexpr uint64_t kOffsetMask = 0x00fffffffffffe00ULL;  ///< Host offset bits of L1/L2.
 
 // ---- Reading an image as stored ----
 
-uint64_t file_be(const std::string& path, uint64_t off, int bytes) {
-    std::ifstream f(path, std::ios::binary);
-    f.seekg(static_cast<std::streamoff>(off));
-    unsigned char b[8] = {};
-    f.read(reinterpret_cast<char*>(b), bytes);
-    uint64_t v = 0;
-    for (int i = 0; i < bytes; ++i) v = v << 8 | b[i];
-    return v;
-}
-
-bool dirty_bit(const std::string& path) {
+/// The dirty bit of the image's header, as stored.
+inline bool dirty_bit(const std::string& path) {
     return file_be(path, 72, 8) & 1;
 }
 
@@ -53,8 +41,9 @@ struct Layout {
     uint64_t cluster_size() const { return uint64_t{1} << cluster_bits; }
 };
 
-Layout read_layout(const std::string& path) {
-    const auto b = test::read_file(path);
+/// The layout of an image as stored in its file.
+inline Layout read_layout(const std::string& path) {
+    const auto b = read_file(path);
     auto be64 = [&](uint64_t off) { return off + 8 <= b.size() ? load_be64(b.data() + off) : 0; };
     REQUIRE(b.size() >= 104);
     Layout l;
@@ -71,7 +60,7 @@ Layout read_layout(const std::string& path) {
 }
 
 /// The on-disk L2 entry of guest cluster `c` (0 when its L2 table does not exist).
-uint64_t stored_l2_entry(const std::string& path, uint64_t c) {
+inline uint64_t stored_l2_entry(const std::string& path, uint64_t c) {
     const uint32_t bits = static_cast<uint32_t>(file_be(path, 20, 4));
     const uint64_t per_table = (uint64_t{1} << bits) / 8;
     const uint64_t l2 = file_be(path, file_be(path, 40, 8) + c / per_table * 8, 8) & kOffsetMask;
@@ -80,14 +69,17 @@ uint64_t stored_l2_entry(const std::string& path, uint64_t c) {
 
 // ---- Classifying the writes of a barrier ----
 
+/// Where a write of a barrier lands.
 enum class Stage { DirtyHeader, RefBlock, RefTable, MovedHeader, L2, L1, Other };
 
-const char* stage_name(Stage s) {
+/// The name of a stage, for messages.
+inline const char* stage_name(Stage s) {
     static const char* names[] = {"dirty-header", "refblock", "reftable", "moved-header",
                                   "L2",           "L1",       "OTHER"};
     return names[static_cast<int>(s)];
 }
-std::ostream& operator<<(std::ostream& os, Stage s) {
+/// Prints a stage for failure messages.
+inline std::ostream& operator<<(std::ostream& os, Stage s) {
     return os << stage_name(s);
 }
 
@@ -96,9 +88,11 @@ std::ostream& operator<<(std::ostream& os, Stage s) {
 struct Classifier {
     Layout before, after;
 
+    /// True when write `w` lies inside [start, start+len).
     static bool within(const OpRecord& w, uint64_t start, uint64_t len) {
         return w.offset >= start && w.end() <= start + len;
     }
+    /// The stage write `w` belongs to.
     Stage operator()(const OpRecord& w) const {
         const uint64_t cs = after.cluster_size();
         if (w.offset < cs) {
@@ -122,17 +116,19 @@ struct Window {
     bool data = false;  ///< Guest data was written since the previous barrier.
 };
 
+/// What check_barrier found in one barrier.
 struct Summary {
     std::vector<Stage> stages;  ///< Non-empty stages, in barrier order.
     std::map<Stage, std::vector<OpRecord>> writes;
     size_t syncs = 0;
 };
 
-std::string describe(const std::vector<OpRecord>& ops, const Classifier& cls) {
+/// One line per operation (reads left out): clock values, kind, stage, range, error.
+inline std::string describe(const std::vector<OpRecord>& ops, const Classifier& cls) {
     std::ostringstream os;
     for (const auto& op : ops) {
         if (op.kind == OpKind::Read) continue;
-        os << op.seq << "-" << op.done << " " << test::op_name(op.kind);
+        os << op.seq << "-" << op.done << " " << op_name(op.kind);
         if (op.kind == OpKind::Write)
             os << " " << stage_name(cls(op)) << " @0x" << std::hex << op.offset << std::dec << "+"
                << op.length;
@@ -143,15 +139,15 @@ std::string describe(const std::vector<OpRecord>& ops, const Classifier& cls) {
 }
 
 /// True if some successful sync was issued after `after_done` and completed before `before_seq`.
-bool sync_between(const std::vector<const OpRecord*>& syncs, uint64_t after_done,
-                  uint64_t before_seq) {
+inline bool sync_between(const std::vector<const OpRecord*>& syncs, uint64_t after_done,
+                         uint64_t before_seq) {
     for (const auto* s : syncs)
         if (!s->error && s->seq > after_done && s->done < before_seq) return true;
     return false;
 }
 
 /// Checks the order of one barrier's operations and returns what it contained.
-Summary check_barrier(const Window& w, const Classifier& cls) {
+inline Summary check_barrier(const Window& w, const Classifier& cls) {
     INFO("barrier operations (seq-done):\n" << describe(w.ops, cls));
     Summary s;
     std::vector<const OpRecord*> syncs;
@@ -202,62 +198,40 @@ Summary check_barrier(const Window& w, const Classifier& cls) {
 
 // ---- Driving images ----
 
-void qemu_create(const std::string& path, const std::string& opts, uint64_t size) {
-    test::sh_output("qemu-img create -q -f qcow2 " + (opts.empty() ? "" : "-o " + opts + " ") +
-                    path + " " + std::to_string(size) + " 2>&1");
-}
-
-/// `qemu-img check`: its exit status (0 clean, 2 corrupt, 3 leaks only) and its output.
-std::pair<int, std::string> qemu_check(const std::string& path) {
-    auto out = test::sh_output("qemu-img check " + path + " 2>&1; echo \"rc=$?\"");
-    return {std::stoi(out.substr(out.rfind("rc=") + 3)), out.substr(0, 4000)};
-}
-
-void require_clean(const std::string& path) {
-    const auto [rc, out] = qemu_check(path);
-    INFO(out);
-    REQUIRE(rc == 0);
-    CHECK_THAT(out, Catch::Contains("No errors were found"));
-}
-
-/// qemu-io confirms that [off, off+len) reads as `pattern`.
-void require_pattern(const std::string& path, uint64_t off, uint64_t len, int pattern) {
-    const std::string n = std::to_string(len);
-    const auto out =
-        test::sh_output("qemu-io -r -f qcow2 -c 'read -P " + std::to_string(pattern) + " " +
-                        std::to_string(off) + " " + n + "' " + path + " 2>&1; true");
-    INFO("offset " << off << " length " << len << " pattern " << pattern << "\n" << out);
-    CHECK_THAT(out, !Catch::Contains("failed") && Catch::Contains("read " + n + "/" + n));
-}
-
+/// A range and the byte qemu must read there.
 struct Expect {
     uint64_t off, len;
     int pattern;
 };
-void require_patterns(const std::string& path, std::initializer_list<Expect> want) {
-    for (const auto& e : want) require_pattern(path, e.off, e.len, e.pattern);
+
+/// qemu-io confirms that every range of `want` reads as its byte.
+inline void check_patterns(const std::string& path, std::initializer_list<Expect> want) {
+    for (const auto& e : want) check_qemu_pattern(path, e.off, e.len, e.pattern);
 }
 
 /// An image made by qemu-img, opened through a recording file.
 struct Session {
-    test::TempDir dir;
+    TempDir dir;
     std::string path = dir.file("img.qcow2");
     asio::io_context ctx;
-    std::shared_ptr<test::OpLog> log = std::make_shared<test::OpLog>();
+    std::shared_ptr<OpLog> log = std::make_shared<OpLog>();
     /// Large enough that no background barrier starts while a test writes.
     uint64_t cache_bytes = 64 * MiB;
 
+    /// Creates the image with qemu-img options `opts`; every written payload is recorded.
     Session(const std::string& opts, uint64_t size) {
-        qemu_create(path, opts, size);
+        qemu_create(path, size, opts);
         log->set_record_data(true);
     }
+    /// Runs a coroutine-returning callable to completion.
     template <class F>
     void run(F body) {
         test::run(ctx, body());
     }
+    /// Opens the image (or `p`) writable through the recording file, or fails the test.
     awaitable<std::shared_ptr<Disk>> open(std::string p = "") {
         OpenOptions o;
-        o.file_opener = test::recording_opener(log);
+        o.file_opener = recording_opener(log);
         o.metadata_cache_bytes = cache_bytes;
         auto d = co_await open_disk(co_await asio::this_coro::executor, p.empty() ? path : p, o);
         if (!d) FAIL("open_disk failed: " << d.error().message);
@@ -265,18 +239,9 @@ struct Session {
     }
 };
 
-awaitable<Result<void>> write_byte(Disk& d, uint64_t off, uint64_t len, int byte) {
-    Buffer b(len);
-    std::memset(b.data(), byte, len);
-    co_return co_await d.write(GuestOffset{off}, b.span(), WriteFlags{});
-}
-
-awaitable<void> write_ok(Disk& d, uint64_t off, uint64_t len, int byte) {
-    auto r = co_await write_byte(d, off, len, byte);
-    if (!r) FAIL("write at " << off << " failed: " << r.error().message);
-}
-
-awaitable<Window> flush_window(Disk& d, test::OpLog& log, bool data) {
+/// Flushes `d`, returning the operations of that barrier and the counters around it; `data`
+/// says whether guest data was written since the previous barrier.
+inline awaitable<Window> flush_window(Disk& d, OpLog& log, bool data) {
     Window w;
     w.data = data;
     w.before = d.stats();
@@ -288,11 +253,7 @@ awaitable<Window> flush_window(Disk& d, test::OpLog& log, bool data) {
     co_return w;
 }
 
-awaitable<void> close_ok(Disk& d) {
-    auto r = co_await d.close();
-    if (!r) FAIL("close failed: " << r.error().message);
-}
-
+/// A list of stages, in barrier order.
 using Stages = std::vector<Stage>;
 
-}  // namespace
+}  // namespace qnbd::test::barrier

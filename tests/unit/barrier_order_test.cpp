@@ -8,7 +8,11 @@
 // dirty bit, and the refcount rebuild after a crash.
 #include "tests/unit/barrier_harness.hpp"
 
-TEST_CASE("first barrier: dirty bit, refcounts, L2 tables, L1 table; then two syncs", "[barrier]") {
+using namespace qnbd;
+using namespace qnbd::test;
+using namespace qnbd::test::barrier;
+
+TEST_CASE("first barrier: dirty bit, refcounts, L2 tables, L1 table, then two syncs", "[barrier]") {
     Session s("", 1024 * MiB);
     const Layout before = read_layout(s.path);
     Window first, second;
@@ -35,11 +39,11 @@ TEST_CASE("first barrier: dirty bit, refcounts, L2 tables, L1 table; then two sy
     Summary s2 = check_barrier(second, cls);
     CHECK(s2.stages == Stages{Stage::RefBlock, Stage::L2});
     CHECK(s2.syncs == 2);
-    require_clean(s.path);
-    require_patterns(s.path, {{0, 64 * KiB, 0x11},
-                              {512 * MiB + 4 * KiB, 8 * KiB, 0x22},
-                              {512 * MiB, 4 * KiB, 0},
-                              {128 * KiB, 64 * KiB, 0x33}});
+    require_qemu_check_clean(s.path);
+    check_patterns(s.path, {{0, 64 * KiB, 0x11},
+                            {512 * MiB + 4 * KiB, 8 * KiB, 0x22},
+                            {512 * MiB, 4 * KiB, 0},
+                            {128 * KiB, 64 * KiB, 0x33}});
 }
 
 TEST_CASE("refcount table growth: new table synced before the header points to it", "[barrier]") {
@@ -68,8 +72,8 @@ TEST_CASE("refcount table growth: new table synced before the header points to i
     const auto& h = sum.writes[Stage::MovedHeader][0].data;
     CHECK(load_be64(h.data() + 48) == after.rt_off);
     CHECK(load_be32(h.data() + 56) == after.rt_clusters);
-    require_clean(s.path);
-    for (uint64_t i : {0u, 17u, 39u}) require_pattern(s.path, i * chunk, chunk, int(i + 1));
+    require_qemu_check_clean(s.path);
+    for (uint64_t i : {0u, 17u, 39u}) check_qemu_pattern(s.path, i * chunk, chunk, int(i + 1));
 }
 
 TEST_CASE("extended L2: allocating subclusters follows the same order", "[barrier]") {
@@ -91,12 +95,12 @@ TEST_CASE("extended L2: allocating subclusters follows the same order", "[barrie
     Summary s2 = check_barrier(second, cls);
     CHECK(s2.stages == Stages{Stage::L2});  // bitmap only: data synced first, then the table
     CHECK(s2.syncs == 2);
-    require_clean(s.path);
-    require_patterns(s.path, {{0, 4 * KiB, 0x44},
-                              {4 * KiB, 4 * KiB, 0},
-                              {8 * KiB, 2 * KiB, 0x46},
-                              {MiB + 2 * KiB, 4 * KiB, 0x45},
-                              {MiB, 2 * KiB, 0}});
+    require_qemu_check_clean(s.path);
+    check_patterns(s.path, {{0, 4 * KiB, 0x44},
+                            {4 * KiB, 4 * KiB, 0},
+                            {8 * KiB, 2 * KiB, 0x46},
+                            {MiB + 2 * KiB, 4 * KiB, 0x45},
+                            {MiB, 2 * KiB, 0}});
 }
 
 TEST_CASE("steady state: at most two syncs per allocating barrier", "[barrier]") {
@@ -123,8 +127,9 @@ TEST_CASE("steady state: at most two syncs per allocating barrier", "[barrier]")
     CHECK(barriers == 8);
     CHECK(end.syncs - start.syncs <= 2 * barriers);
     CHECK(end.clusters_allocated - start.clusters_allocated == 8);
-    require_clean(s.path);
-    for (int i = 0; i <= 8; ++i) require_pattern(s.path, uint64_t(i) * 64 * KiB, 64 * KiB, i + 1);
+    require_qemu_check_clean(s.path);
+    for (int i = 0; i <= 8; ++i)
+        check_qemu_pattern(s.path, uint64_t(i) * 64 * KiB, 64 * KiB, i + 1);
 }
 
 TEST_CASE("overwriting in place: one sync, no metadata, the dirty bit stays clear", "[barrier]") {
@@ -154,15 +159,15 @@ TEST_CASE("overwriting in place: one sync, no metadata, the dirty bit stays clea
     CHECK_FALSE(dirty);
     Summary i = check_barrier(idle, cls);  // nothing to make durable: no sync at all
     CHECK(i.syncs == 0);
-    require_clean(s.path);
-    require_patterns(s.path, {{0, 4 * KiB, 7}, {4 * KiB, 100 * KiB, 8}, {104 * KiB, 24 * KiB, 7}});
+    require_qemu_check_clean(s.path);
+    check_patterns(s.path, {{0, 4 * KiB, 7}, {4 * KiB, 100 * KiB, 8}, {104 * KiB, 24 * KiB, 7}});
 }
 
 namespace {
 
 /// Writes cluster `i` then flushes; afterwards the write's L2 entry must be in the file.
 awaitable<Result<void>> write_then_flush(Disk& d, const std::string& path, uint64_t i) {
-    if (auto r = co_await write_byte(d, i * 64 * KiB, 64 * KiB, int(i)); !r) co_return r;
+    if (auto r = co_await write_bytes(d, i * 64 * KiB, filled(64 * KiB, int(i))); !r) co_return r;
     if (auto r = co_await d.flush(); !r) co_return r;
     if (stored_l2_entry(path, i) == 0)
         co_return Error{EIO, "cluster " + std::to_string(i) + " not in the stored L2 table"};
@@ -194,8 +199,8 @@ TEST_CASE("group commit: 64 concurrent flushes share a few barriers", "[barrier]
     CHECK(barriers >= 1);
     CHECK(barriers * 4 <= flushes);
     CHECK(end.syncs - start.syncs <= 4 * barriers);
-    require_clean(s.path);
-    for (uint64_t i : {1u, 33u, 64u}) require_pattern(s.path, i * 64 * KiB, 64 * KiB, int(i));
+    require_qemu_check_clean(s.path);
+    for (uint64_t i : {1u, 33u, 64u}) check_qemu_pattern(s.path, i * 64 * KiB, 64 * KiB, int(i));
 }
 
 namespace {
@@ -223,14 +228,14 @@ Summary retry_after_failed_sync(int nth) {
     for (const auto& op : s.log->ops()) injected += op.injected;
     CHECK(injected == 1);
     Summary sum = check_barrier(retry, Classifier{before, read_layout(s.path)});
-    require_clean(s.path);
-    require_patterns(s.path, {{0, 64 * KiB, 0x51}, {3 * MiB, 64 * KiB, 0x52}});
+    require_qemu_check_clean(s.path);
+    check_patterns(s.path, {{0, 64 * KiB, 0x51}, {3 * MiB, 64 * KiB, 0x52}});
     return sum;
 }
 
 }  // namespace
 
-TEST_CASE("an EIO on a barrier's sync fails flush; a retry rewrites and succeeds",
+TEST_CASE("an EIO on a barrier's sync fails flush, a retry rewrites and succeeds",
           "[barrier][fault]") {
     const int nth = GENERATE(2, 3, 4);  // the first barrier has four syncs
     INFO("failing sync " << nth);
@@ -259,7 +264,7 @@ TEST_CASE("ENOSPC on every write after a point fails flush and writes until clea
         auto f = co_await d->flush();
         REQUIRE_FALSE(f);
         CHECK(f.error().code == ENOSPC);
-        auto w = co_await write_byte(*d, 5 * MiB, 64 * KiB, 0x63);
+        auto w = co_await write_bytes(*d, 5 * MiB, filled(64 * KiB, 0x63));
         REQUIRE_FALSE(w);
         CHECK(w.error().code == ENOSPC);
         s.log->clear_faults();
@@ -268,11 +273,11 @@ TEST_CASE("ENOSPC on every write after a point fails flush and writes until clea
         co_await write_ok(*d, 6 * MiB, 64 * KiB, 0x64);
         co_await close_ok(*d);
     });
-    require_clean(s.path);
-    require_patterns(s.path, {{0, 64 * KiB, 0x61},
-                              {2 * MiB, 64 * KiB, 0x62},
-                              {5 * MiB, 64 * KiB, 0},
-                              {6 * MiB, 64 * KiB, 0x64}});
+    require_qemu_check_clean(s.path);
+    check_patterns(s.path, {{0, 64 * KiB, 0x61},
+                            {2 * MiB, 64 * KiB, 0x62},
+                            {5 * MiB, 64 * KiB, 0},
+                            {6 * MiB, 64 * KiB, 0x64}});
 }
 
 namespace {
@@ -280,7 +285,7 @@ namespace {
 /// Writes clusters 0-3, flushes, discards cluster 1 and flushes again: the cleared L2 entry is
 /// durable but the refcount decrement is only applied in memory after that barrier, so the file
 /// now holds one leaked cluster and the dirty bit.
-awaitable<void> leak_one_cluster(Disk& d, test::OpLog& log) {
+awaitable<void> leak_one_cluster(Disk& d, OpLog& log) {
     for (int i = 0; i < 4; ++i) co_await write_ok(d, uint64_t(i) * 64 * KiB, 64 * KiB, 0x70 + i);
     (void)co_await flush_window(d, log, true);
     auto r = co_await d.discard(GuestOffset{64 * KiB}, 64 * KiB, WriteFlags{});
@@ -295,14 +300,14 @@ void repair_and_check(Session& s, const std::string& path) {
         co_await close_ok(*d);
     });
     CHECK_FALSE(dirty_bit(path));
-    require_clean(path);
+    require_qemu_check_clean(path);
     for (int i = 0; i < 4; ++i)
-        require_pattern(path, uint64_t(i) * 64 * KiB, 64 * KiB, i == 1 ? 0 : 0x70 + i);
+        check_qemu_pattern(path, uint64_t(i) * 64 * KiB, 64 * KiB, i == 1 ? 0 : 0x70 + i);
 }
 
 }  // namespace
 
-TEST_CASE("a copy taken after a flush is dirty; open_disk rebuilds its refcounts",
+TEST_CASE("a copy taken after a flush is dirty and open_disk rebuilds its refcounts",
           "[barrier][dirty]") {
     Session s("", 16 * MiB);
     const std::string copy = s.dir.file("crash.qcow2");
@@ -313,16 +318,16 @@ TEST_CASE("a copy taken after a flush is dirty; open_disk rebuilds its refcounts
         co_await write_ok(*d, 4 * MiB, 64 * KiB, 0x7f);  // the original goes on
         co_await close_ok(*d);
     });
-    require_clean(s.path);
+    require_qemu_check_clean(s.path);
     CHECK(dirty_bit(copy));
-    const auto [rc, out] = qemu_check(copy);
-    INFO(out);
-    CHECK(rc == 3);  // leaks only
-    CHECK_THAT(out, Catch::Contains("1 leaked cluster"));
+    const auto check = qemu_check(copy);
+    INFO(check.json);
+    CHECK(check.exit_status == 3);  // leaks only
+    CHECK(check.leaks == 1);
     repair_and_check(s, copy);
 }
 
-TEST_CASE("a Disk destroyed without close leaves the dirty bit; reopening repairs",
+TEST_CASE("a Disk destroyed without close leaves the dirty bit and reopening repairs",
           "[barrier][dirty]") {
     Session s("", 16 * MiB);
     s.run([&]() -> awaitable<void> {
@@ -331,9 +336,9 @@ TEST_CASE("a Disk destroyed without close leaves the dirty bit; reopening repair
         d.reset();  // a crash: no close
     });
     CHECK(dirty_bit(s.path));
-    const auto [rc, out] = qemu_check(s.path);
-    INFO(out);
-    CHECK(rc == 3);
+    const auto check = qemu_check(s.path);
+    INFO(check.json);
+    CHECK(check.exit_status == 3);
     const uint64_t before = s.log->count(OpKind::Write);
     repair_and_check(s, s.path);
     CHECK(s.log->count(OpKind::Write) > before);  // the rebuild wrote the refcount block

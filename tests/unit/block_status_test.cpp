@@ -7,12 +7,20 @@
 // qemu's runs accordingly and both sides are compared after merging adjacent equal runs.
 #include <catch2/catch.hpp>
 
-#include "tests/unit/qemu_images.hpp"
+#include <sstream>
+
+#include "tests/unit/support/compare.hpp"
+#include "tests/unit/support/disk.hpp"
+#include "tests/unit/support/files.hpp"
+#include "tests/unit/support/patterns.hpp"
+#include "tests/unit/support/qemu.hpp"
+#include "tests/unit/support/random.hpp"
+#include "tests/unit/support/run.hpp"
 
 namespace {
 
 using namespace qnbd;
-using namespace qnbd::difftest;
+using namespace qnbd::test;
 
 /// The engine's map of [off, off+len): block_status called until the range is covered
 /// (it may stop early), with the per-call contract checked, merged like qemu_map().
@@ -73,19 +81,16 @@ void verify_map(const std::string& path, uint64_t cluster, uint64_t seed = 3) {
     const auto want = qemu_map(path);
     REQUIRE(!want.empty());
     std::mt19937_64 rng(seed);
-    asio::io_context io;
-    run_co(io, [&]() -> awaitable<void> {
-        auto disk = co_await open_ok(path, true);
-        const uint64_t size = disk->size();
-        require_same_map(co_await engine_map(*disk, 0, size), want, "whole disk");
+    with_disk(path, true, [&](Disk& disk) -> awaitable<void> {
+        const uint64_t size = disk.size();
+        require_same_map(co_await engine_map(disk, 0, size), want, "whole disk");
         for (int i = 0; i < 40; ++i) {
             uint64_t off = rng() % size;
             if (i % 3 == 0) off = off / cluster * cluster;
             uint64_t len = 1 + rng() % std::min<uint64_t>(size - off, 5 * cluster);
             INFO("window " << off << "+" << len);
-            require_same_map(co_await engine_map(*disk, off, len), clip(want, off, len), "window");
+            require_same_map(co_await engine_map(disk, off, len), clip(want, off, len), "window");
         }
-        co_await close_ok(disk);
     });
 }
 
@@ -185,11 +190,8 @@ TEST_CASE("block_status: fresh empty image is one unallocated zero run", "[block
     TempDir dir;
     std::string img = dir.file("empty.qcow2");
     qemu_create(img, 64 * MiB, "");
-    asio::io_context io;
-    run_co(io, [&]() -> awaitable<void> {
-        auto disk = co_await open_ok(img, true);
-        auto got = co_await engine_map(*disk, 0, disk->size());
+    with_disk(img, true, [&](Disk& disk) -> awaitable<void> {
+        auto got = co_await engine_map(disk, 0, disk.size());
         require_same_map(got, {MapRun{0, 64 * MiB, 0, true, false}}, "empty image");
-        co_await close_ok(disk);
     });
 }

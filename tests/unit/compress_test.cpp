@@ -5,40 +5,23 @@
 #include <zstd.h>
 
 #include <cstring>
-#include <random>
 #include <string>
 #include <vector>
 
 #include "qcow2/compress.hpp"
+#include "tests/unit/support/random.hpp"
+#include "tests/unit/support/units.hpp"
 
 using namespace qnbd;
 using namespace qnbd::qcow2;
 using Catch::Contains;
-using Bytes = std::vector<std::byte>;
+using namespace qnbd::test;
 
 namespace {
 
-Bytes random_bytes(size_t n, uint32_t seed) {
-    std::mt19937 rng(seed);
-    Bytes out(n);
-    for (auto& b : out) b = std::byte(rng() & 0xff);
-    return out;
-}
-
-/// Compressible data: text-like runs with some randomness.
-Bytes compressible(size_t n, uint32_t seed) {
-    std::mt19937 rng(seed);
-    Bytes out(n);
-    const std::string words[] = {"qcow2 ", "cluster ", "refcount ", "\n", "L2 table ", "zero "};
-    size_t i = 0;
-    while (i < n) {
-        const std::string& w = words[rng() % std::size(words)];
-        for (char c : w) {
-            if (i == n) break;
-            out[i++] = std::byte(c);
-        }
-    }
-    return out;
+/// Compressible data: runs from a small alphabet.
+Bytes compressible(size_t n, uint64_t seed) {
+    return random_bytes(n, seed, true);
 }
 
 Bytes compress(CompressionType t, const Bytes& in) {

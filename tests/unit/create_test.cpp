@@ -13,39 +13,23 @@
 #include "base/buffer.hpp"
 #include "qcow2/create.hpp"
 #include "qcow2/header.hpp"
-#include "tests/unit/test_util.hpp"
+#include "tests/unit/support/compare.hpp"
+#include "tests/unit/support/files.hpp"
+#include "tests/unit/support/qemu.hpp"
+#include "tests/unit/support/shell.hpp"
+#include "tests/unit/support/units.hpp"
 
 using namespace qnbd;
 using namespace qnbd::qcow2;
 using Catch::Contains;
-using qnbd::test::read_file;
-using qnbd::test::sh;
-using qnbd::test::sh_output;
-using qnbd::test::TempDir;
+using namespace qnbd::test;
 
 namespace {
-
-constexpr uint64_t KiB = 1024, MiB = KiB * 1024, GiB = MiB * 1024;
 
 void create(const std::string& path, const CreateOptions& o) {
     auto r = create_image(path, o);
     INFO((r ? "" : r.error().message));
     REQUIRE(r);
-}
-
-/// qemu-img check exits 0 and finds neither errors nor leaks.
-void require_clean(const std::string& path) {
-    const std::string cmd = "qemu-img check " + path + " 2>&1";
-    INFO(cmd);
-    REQUIRE(sh(cmd + " >/dev/null") == 0);
-    const std::string out = sh_output(cmd);
-    INFO(out);
-    CHECK_THAT(out, Contains("No errors were found"));
-    CHECK_THAT(out, !Contains("leaked"));
-}
-
-std::string info_json(const std::string& path) {
-    return sh_output("qemu-img info --output=json " + path);
 }
 
 /// `"key": value` appears in qemu-img's JSON (values as qemu prints them).
@@ -56,12 +40,9 @@ void check_info(const std::string& json, const std::string& key, const std::stri
 
 /// Writes 1 MiB of 0xab at `offset` with qemu-io, reads it back, and checks again.
 void write_and_check(const std::string& path, uint64_t offset = 0) {
-    const std::string off = std::to_string(offset);
-    REQUIRE(sh("qemu-io -f qcow2 -c 'write -P 0xab " + off + " 1M' " + path + " >/dev/null") == 0);
-    const std::string out =
-        sh_output("qemu-io -f qcow2 -c 'read -P 0xab " + off + " 1M' " + path + " 2>&1");
-    CHECK_THAT(out, !Contains("Pattern verification failed"));
-    require_clean(path);
+    qemu_io(path, {"write -P 0xab " + std::to_string(offset) + " 1M"});
+    check_qemu_pattern(path, offset, MiB, 0xab);
+    require_qemu_check_clean(path);
 }
 
 uint64_t file_size(const std::string& path) {
@@ -100,8 +81,8 @@ TEST_CASE("create_image makes a default image qemu accepts", "[create]") {
     CreateOptions o;
     o.size = GiB;
     create(img, o);
-    require_clean(img);
-    const std::string json = info_json(img);
+    require_qemu_check_clean(img);
+    const std::string json = qemu_info_json(img);
     check_info(json, "virtual-size", std::to_string(GiB));
     check_info(json, "cluster-size", "65536");
     check_info(json, "refcount-bits", "16");
@@ -115,17 +96,11 @@ TEST_CASE("create_image makes a default image qemu accepts", "[create]") {
     write_and_check(img, GiB - MiB);
 }
 
-/// Offset of the first difference, or the shorter length if one is a prefix of the other.
-size_t first_difference(const std::vector<std::byte>& a, const std::vector<std::byte>& b) {
-    const auto m = std::mismatch(a.begin(), a.end(), b.begin(), b.end());
-    return static_cast<size_t>(m.first - a.begin());
-}
-
 // While the metadata fits in one refcount block the layouts coincide (qemu-img places
 // further refcount blocks after the L1 table; qnbd keeps them before it).
 TEST_CASE("create_image matches qemu-img create byte for byte", "[create]") {
     struct Case {
-        std::string qemu_opts;
+        std::string qemu_opts;  ///< qemu-img's -o; the backing file comes from `opts`.
         CreateOptions opts;
     };
     CreateOptions base;
@@ -137,24 +112,24 @@ TEST_CASE("create_image matches qemu-img create byte for byte", "[create]") {
     };
     const std::vector<Case> cases{
         {"", base},
-        {"-o cluster_size=512", with([](CreateOptions& o) { o.cluster_size = 512; })},
-        {"-o cluster_size=2M,refcount_bits=1", with([](CreateOptions& o) {
+        {"cluster_size=512", with([](CreateOptions& o) { o.cluster_size = 512; })},
+        {"cluster_size=2M,refcount_bits=1", with([](CreateOptions& o) {
              o.cluster_size = 2 * MiB;
              o.refcount_bits = 1;
          })},
-        {"-o compat=0.10", with([](CreateOptions& o) { o.compat_v2 = true; })},
-        {"-o lazy_refcounts=on,extended_l2=on,compression_type=zstd", with([](CreateOptions& o) {
+        {"compat=0.10", with([](CreateOptions& o) { o.compat_v2 = true; })},
+        {"lazy_refcounts=on,extended_l2=on,compression_type=zstd", with([](CreateOptions& o) {
              o.lazy_refcounts = true;
              o.extended_l2 = true;
              o.compression_type = CompressionType::Zstd;
          })},
-        {"-b base.raw -F raw -o refcount_bits=64", with([](CreateOptions& o) {
+        {"refcount_bits=64", with([](CreateOptions& o) {
              o.backing_file = "base.raw";
              o.backing_format = "raw";
              o.refcount_bits = 64;
          })},
-        {"-o data_file=q.data", with([](CreateOptions& o) { o.data_file = "q.data"; })},
-        {"-o data_file=q.data,data_file_raw=on", with([](CreateOptions& o) {
+        {"data_file=q.data", with([](CreateOptions& o) { o.data_file = "q.data"; })},
+        {"data_file=q.data,data_file_raw=on", with([](CreateOptions& o) {
              o.data_file = "q.data";
              o.data_file_raw = true;
          })},
@@ -162,10 +137,11 @@ TEST_CASE("create_image matches qemu-img create byte for byte", "[create]") {
     for (const Case& c : cases) {
         TempDir dir;
         INFO(c.qemu_opts);
-        const std::string cd = "cd '" + dir.path().string() + "' && ";
-        REQUIRE(sh(cd + "truncate -s 1M base.raw") == 0);
-        REQUIRE(sh(cd + "qemu-img create -q -f qcow2 " + c.qemu_opts + " q.qcow2 64M") == 0);
-        REQUIRE(sh(cd + "mv q.qcow2 ref.qcow2 && rm -f q.data") == 0);
+        set_file_size(dir.file("base.raw"), MiB);
+        qemu_create(dir.file("q.qcow2"), 64 * MiB, c.qemu_opts, c.opts.backing_file,
+                    c.opts.backing_format);
+        std::filesystem::rename(dir.file("q.qcow2"), dir.file("ref.qcow2"));
+        std::filesystem::remove(dir.file("q.data"));
         // Same names as qemu-img was given: relative to the working directory.
         const std::string old_cwd = std::filesystem::current_path().string();
         std::filesystem::current_path(dir.path());
@@ -176,7 +152,9 @@ TEST_CASE("create_image matches qemu-img create byte for byte", "[create]") {
         const auto ours = read_file(dir.file("q.qcow2"));
         const auto ref = read_file(dir.file("ref.qcow2"));
         CHECK(ours.size() == ref.size());
-        CHECK(first_difference(ours, ref) == ours.size());
+        const auto diff = first_diff(ours, ref);
+        INFO("first difference at byte " << diff.value_or(0));
+        CHECK_FALSE(diff.has_value());
     }
 }
 
@@ -191,8 +169,8 @@ TEST_CASE("create_image cluster sizes and refcount widths", "[create]") {
     o.refcount_bits = bits;
     create(img, o);
     INFO("cluster size " << cs << ", refcount bits " << bits);
-    require_clean(img);
-    const std::string json = info_json(img);
+    require_qemu_check_clean(img);
+    const std::string json = qemu_info_json(img);
     check_info(json, "virtual-size", std::to_string(o.size));
     check_info(json, "cluster-size", std::to_string(cs));
     check_info(json, "refcount-bits", std::to_string(bits));
@@ -217,8 +195,8 @@ TEST_CASE("create_image with 512-byte clusters and a multi-GiB size", "[create]"
     CHECK(h.l1_table_offset.value > 512 * 3);
     // The L1 table is zeros and not written: the file is sparse.
     CHECK(allocated_bytes(img) < file_size(img) / 2);
-    require_clean(img);
-    check_info(info_json(img), "virtual-size", std::to_string(10 * GiB));
+    require_qemu_check_clean(img);
+    check_info(qemu_info_json(img), "virtual-size", std::to_string(10 * GiB));
     write_and_check(img);
     write_and_check(img, 10 * GiB - MiB);
 }
@@ -230,7 +208,7 @@ TEST_CASE("create_image at the size limits", "[create]") {
     SECTION("1 TiB with 64K clusters") {
         o.size = 1024 * GiB;
         create(img, o);
-        require_clean(img);
+        require_qemu_check_clean(img);
         write_and_check(img, 1024 * GiB - MiB);
     }
     SECTION("2M clusters, 64-bit refcounts, 64 TiB") {
@@ -238,7 +216,7 @@ TEST_CASE("create_image at the size limits", "[create]") {
         o.cluster_size = 2 * MiB;
         o.refcount_bits = 64;
         create(img, o);
-        require_clean(img);
+        require_qemu_check_clean(img);
         write_and_check(img, o.size - 2 * MiB);
     }
     SECTION("largest L1 table with 512-byte clusters") {
@@ -256,12 +234,12 @@ TEST_CASE("create_image at the size limits", "[create]") {
         o.size = 0;
         create(img, o);
         CHECK(parse_file(img).l1_size == 0);
-        require_clean(img);
+        require_qemu_check_clean(img);
     }
     SECTION("size rounded up to a sector") {
         o.size = 1000;
         create(img, o);
-        check_info(info_json(img), "virtual-size", "1024");
+        check_info(qemu_info_json(img), "virtual-size", "1024");
     }
 }
 
@@ -273,32 +251,32 @@ TEST_CASE("create_image feature options", "[create]") {
     SECTION("compat=0.10") {
         o.compat_v2 = true;
         create(img, o);
-        require_clean(img);
-        check_info(info_json(img), "compat", "\"0.10\"");
+        require_qemu_check_clean(img);
+        check_info(qemu_info_json(img), "compat", "\"0.10\"");
         CHECK(parse_file(img).version == 2);
         write_and_check(img);
     }
     SECTION("lazy refcounts") {
         o.lazy_refcounts = true;
         create(img, o);
-        require_clean(img);
-        check_info(info_json(img), "lazy-refcounts", "true");
+        require_qemu_check_clean(img);
+        check_info(qemu_info_json(img), "lazy-refcounts", "true");
         write_and_check(img);
     }
     SECTION("extended L2 entries") {
         o.extended_l2 = true;
         o.cluster_size = 16 * KiB;
         create(img, o);
-        require_clean(img);
-        check_info(info_json(img), "extended-l2", "true");
-        check_info(info_json(img), "cluster-size", "16384");
+        require_qemu_check_clean(img);
+        check_info(qemu_info_json(img), "extended-l2", "true");
+        check_info(qemu_info_json(img), "cluster-size", "16384");
         write_and_check(img, 3 * GiB);
     }
     SECTION("zstd compression") {
         o.compression_type = CompressionType::Zstd;
         create(img, o);
-        require_clean(img);
-        check_info(info_json(img), "compression-type", "\"zstd\"");
+        require_qemu_check_clean(img);
+        check_info(qemu_info_json(img), "compression-type", "\"zstd\"");
         write_and_check(img);
     }
 }
@@ -310,26 +288,25 @@ TEST_CASE("create_image with a backing file", "[create]") {
     CreateOptions b;
     b.size = GiB;
     create(base, b);
-    REQUIRE(sh("qemu-io -f qcow2 -c 'write -P 0x5a 2M 1M' " + base + " >/dev/null") == 0);
+    qemu_io(base, {"write -P 0x5a 2M 1M"});
     CreateOptions o;
     o.size = GiB;
     o.backing_file = base;
     o.backing_format = "qcow2";
     create(img, o);
-    require_clean(img);
-    const std::string json = info_json(img);
+    require_qemu_check_clean(img);
+    const std::string json = qemu_info_json(img);
     check_info(json, "backing-filename", "\"" + base + "\"");
     check_info(json, "backing-filename-format", "\"qcow2\"");
     write_and_check(img);
     // Unwritten ranges come from the backing file.
-    const std::string out = sh_output("qemu-io -f qcow2 -c 'read -P 0x5a 2M 1M' " + img + " 2>&1");
-    CHECK_THAT(out, !Contains("Pattern verification failed"));
+    check_qemu_pattern(img, 2 * MiB, MiB, 0x5a);
     // A raw backing file without a format works too.
-    REQUIRE(sh("truncate -s 1M " + dir.file("base.raw")) == 0);
+    set_file_size(dir.file("base.raw"), MiB);
     o.backing_file = dir.file("base.raw");
     o.backing_format.clear();
     create(img, o);
-    require_clean(img);
+    require_qemu_check_clean(img);
     CHECK(parse_file(img).backing_format.empty());
 }
 
@@ -346,8 +323,8 @@ TEST_CASE("create_image with an external data file", "[create]") {
         REQUIRE(::stat(data.c_str(), &st) == 0);
         CHECK(static_cast<uint64_t>(st.st_size) == GiB);
         CHECK(st.st_blocks == 0);
-        require_clean(img);
-        const std::string json = info_json(img);
+        require_qemu_check_clean(img);
+        const std::string json = qemu_info_json(img);
         check_info(json, "data-file", "\"" + data + "\"");
         check_info(json, "data-file-raw", "false");
         const Header h = parse_file(img);
@@ -382,21 +359,20 @@ TEST_CASE("create_image with a raw external data file", "[create]") {
     o.data_file_raw = true;
     SECTION("standard L2 entries") {
         create(img, o);
-        require_clean(img);
-        check_info(info_json(img), "data-file-raw", "true");
+        require_qemu_check_clean(img);
+        check_info(qemu_info_json(img), "data-file-raw", "true");
         // The metadata maps every guest cluster to the same data file offset.
         const std::string map = sh_output("qemu-img map --output=json " + img);
         CHECK_THAT(map, Contains("\"start\": 0, \"length\": " + std::to_string(GiB) +
                                  ", \"depth\": 0, \"present\": true, \"zero\": false, "
                                  "\"data\": true, \"offset\": 0"));
         write_and_check(img, 5 * MiB);
-        const std::string raw = sh_output("qemu-io -f raw -c 'read -P 0xab 5M 1M' " + data);
-        CHECK_THAT(raw, !Contains("Pattern verification failed"));
+        check_qemu_pattern(data, 5 * MiB, MiB, 0xab, "raw");
     }
     SECTION("extended L2 entries") {
         o.extended_l2 = true;
         create(img, o);
-        require_clean(img);
+        require_qemu_check_clean(img);
         write_and_check(img, 7 * MiB);
     }
 }

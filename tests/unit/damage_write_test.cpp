@@ -7,12 +7,14 @@
 #include <catch2/catch.hpp>
 
 #include "base/buffer.hpp"
-#include "tests/unit/qemu_images.hpp"
+#include "tests/unit/support/disk.hpp"
+#include "tests/unit/support/qemu.hpp"
+#include "tests/unit/support/run.hpp"
 
 namespace {
 
 using namespace qnbd;
-using namespace qnbd::difftest;
+using namespace qnbd::test;
 
 constexpr uint64_t kCs = 65536;
 
@@ -46,7 +48,7 @@ TEST_CASE("damage: a write through an L2 entry pointing at metadata marks the im
     const uint64_t block = file_be(path, reftable, 8);
     // Guest cluster 0 now claims to live in the first refcount block.
     put_be64(path, l2, block | (1ULL << 63));
-    const Bytes file_before = slurp(path);
+    const Bytes file_before = read_file(path);
     const Bytes block_before(file_before.begin() + block, file_before.begin() + block + kCs);
     asio::io_context io;
     run_co(io, [&]() -> awaitable<void> {
@@ -65,7 +67,7 @@ TEST_CASE("damage: a write through an L2 entry pointing at metadata marks the im
         (void)co_await disk->close();
         disk.mark_closed();
     });
-    const Bytes after = slurp(path);
+    const Bytes after = read_file(path);
     CHECK(Bytes(after.begin() + block, after.begin() + block + kCs) == block_before);
     CHECK((file_be(path, 72, 8) & 2) != 0);  // the corrupt bit
 }
@@ -76,7 +78,7 @@ TEST_CASE("damage: an L2 entry past the end of the file reads as EIO on its rang
     const std::string path = dir.file("img.qcow2");
     const uint64_t l2 = image_with_cluster0(path);
     put_be64(path, l2, (1ULL << 30) | (1ULL << 63));  // 1 GiB: past the end of the file
-    const Bytes before = slurp(path);
+    const Bytes before = read_file(path);
     asio::io_context io;
     run_co(io, [&]() -> awaitable<void> {
         auto disk = co_await open_ok(path, true);
@@ -89,5 +91,5 @@ TEST_CASE("damage: an L2 entry past the end of the file reads as EIO on its rang
         CHECK(other == Bytes(4096, std::byte{0x44}));
         co_await close_ok(disk);
     });
-    CHECK(slurp(path) == before);  // read-only: never written
+    CHECK(read_file(path) == before);  // read-only: never written
 }

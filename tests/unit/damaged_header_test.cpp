@@ -9,15 +9,15 @@
 
 #include "base/buffer.hpp"
 #include "qcow2/header.hpp"
-#include "tests/unit/test_util.hpp"
+#include "tests/unit/support/files.hpp"
+#include "tests/unit/support/qemu.hpp"
+#include "tests/unit/support/shell.hpp"
+#include "tests/unit/support/units.hpp"
 
 using namespace qnbd;
 using namespace qnbd::qcow2;
 using Catch::Contains;
-using qnbd::test::read_file;
-using qnbd::test::sh;
-using qnbd::test::sh_output;
-using qnbd::test::TempDir;
+using namespace qnbd::test;
 
 namespace {
 
@@ -28,15 +28,13 @@ constexpr uint64_t kVersion = 4, kBackingOffset = 8, kBackingSize = 16, kCluster
                    kAutoclear = 88, kRefcountOrder = 96, kHeaderLength = 100,
                    kCompressionType = 104;
 
-/// A qemu-img image in its own directory, and small writers to damage it.
+/// A qemu-img image in its own directory (with options `opts`, over a raw 1 MiB backing file
+/// base.raw if `backing`), and small writers to damage it.
 class Image {
   public:
-    explicit Image(const std::string& opts, const std::string& size = "1G") {
-        REQUIRE(sh("truncate -s 1M " + dir_.file("base.raw")) == 0);
-        const std::string cmd = "cd '" + dir_.path().string() +
-                                "' && qemu-img create -q -f qcow2 " + opts + " a.qcow2 " + size;
-        INFO(cmd);
-        REQUIRE(sh(cmd) == 0);
+    explicit Image(const std::string& opts, bool backing = false, uint64_t size = GiB) {
+        set_file_size(dir_.file("base.raw"), MiB);
+        qemu_create(path(), size, opts, backing ? "base.raw" : "", backing ? "raw" : "");
     }
     std::string path() const { return dir_.file("a.qcow2"); }
     void put(uint64_t off, const std::vector<std::byte>& bytes) {
@@ -54,9 +52,7 @@ class Image {
         put(off, std::vector<std::byte>(reinterpret_cast<const std::byte*>(s.data()),
                                         reinterpret_cast<const std::byte*>(s.data()) + s.size()));
     }
-    void resize(uint64_t size) {
-        REQUIRE(sh("truncate -s " + std::to_string(size) + " " + path()) == 0);
-    }
+    void resize(uint64_t size) { set_file_size(path(), size); }
     void qemu(const std::string& cmd) { REQUIRE(sh(cmd + " >/dev/null") == 0); }
     std::vector<std::byte> bytes() const { return read_file(path()); }
     /// File offset of the first extension of `type` (walking the extension list).
@@ -129,8 +125,6 @@ struct Damage {
     const char* error;
 };
 
-constexpr uint64_t k1M = 1 << 20;
-
 // clang-format off
 const std::vector<Damage> kFieldDamages = {
     {"", 0, {{0, 4, 0x514649fa}}, "bad magic 0x514649fa"},
@@ -141,7 +135,7 @@ const std::vector<Damage> kFieldDamages = {
     {"", 0, {{kHeaderLength, 4, 96}}, "header_length 96 is too short"},
     {"", 0, {{kHeaderLength, 4, 108}}, "header_length 108 is not a multiple of 8"},
     {"", 0, {{kHeaderLength, 4, 65544}}, "header_length 65544 exceeds the cluster size 65536"},
-    {"-o cluster_size=512", 0, {{kHeaderLength, 4, 1024}},
+    {"cluster_size=512", 0, {{kHeaderLength, 4, 1024}},
      "header_length 1024 exceeds the cluster size 512"},
     {"", 50, {}, "too short for a qcow2 header"},
     {"", 90, {}, "version 3 header is truncated"},
@@ -153,12 +147,12 @@ const std::vector<Damage> kFieldDamages = {
     {"", 0, {{kCompressionType, 1, 1}}, "compression type bit is not set"},
     {"", 0, {{kIncompat, 8, kIncompatCompression}},
      "compression type bit is set but compression_type is 0"},
-    {"-o compression_type=zstd", 0, {{kCompressionType, 1, 2}}, "unknown compression_type 2"},
-    {"-o compression_type=zstd", 0, {{kIncompat, 8, 0}},
+    {"compression_type=zstd", 0, {{kCompressionType, 1, 2}}, "unknown compression_type 2"},
+    {"compression_type=zstd", 0, {{kIncompat, 8, 0}},
      "compression_type is 1 (zstd) but the compression type bit is not set"},
-    {"-o cluster_size=4k", 0, {{kHeaderLength, 4, 104}, {kIncompat, 8, kIncompatCompression}},
+    {"cluster_size=4k", 0, {{kHeaderLength, 4, 104}, {kIncompat, 8, kIncompatCompression}},
      "compression type bit is set but compression_type is 0"},
-    {"-o cluster_size=8k", 0, {{kIncompat, 8, kIncompatExtendedL2}},
+    {"cluster_size=8k", 0, {{kIncompat, 8, kIncompatExtendedL2}},
      "extended L2 entries need cluster_bits >= 14 (cluster_bits is 13)"},
     {"", 0, {{kAutoclear, 8, kAutoclearRawData}},
      "raw external data bit is set but the external data file bit is not"},
@@ -185,19 +179,19 @@ const std::vector<Damage> kFieldDamages = {
     {"", 0, {{kRtClusters, 4, 4}},
      "refcount table at 0x10000 (262144 bytes) extends past the end"},
     {"", 0, {{kRtOffset, 8, 0}}, "refcount table at 0x0 overlaps the header cluster"},
-    {"", k1M, {{kRtClusters, 4, 3}},
+    {"", MiB, {{kRtClusters, 4, 3}},
      "L1 table at 0x30000 overlaps the refcount table at 0x10000"},
     // Snapshot table.
-    {"", k1M, {{kNbSnapshots, 4, 65537}, {kSnapOffset, 8, 0x40000}},
+    {"", MiB, {{kNbSnapshots, 4, 65537}, {kSnapOffset, 8, 0x40000}},
      "nb_snapshots 65537 is too large"},
-    {"", k1M, {{kSnapOffset, 8, 0x40008}},
+    {"", MiB, {{kSnapOffset, 8, 0x40008}},
      "snapshot table offset 0x40008 is not cluster-aligned"},
-    {"", k1M, {{kNbSnapshots, 4, 1}, {kSnapOffset, 8, 0x40008}},
+    {"", MiB, {{kNbSnapshots, 4, 1}, {kSnapOffset, 8, 0x40008}},
      "snapshot table offset 0x40008 is not cluster-aligned"},
-    {"", k1M, {{kNbSnapshots, 4, 1}, {kSnapOffset, 8, 0x100000}},
+    {"", MiB, {{kNbSnapshots, 4, 1}, {kSnapOffset, 8, 0x100000}},
      "snapshot table at 0x100000 (40 bytes) extends past the end of the file"},
-    {"", k1M, {{kNbSnapshots, 4, 1}, {kSnapOffset, 8, 0}}, "overlaps the header cluster"},
-    {"", k1M, {{kNbSnapshots, 4, 1}, {kSnapOffset, 8, 0x30000}}, "overlaps the L1 table"},
+    {"", MiB, {{kNbSnapshots, 4, 1}, {kSnapOffset, 8, 0}}, "overlaps the header cluster"},
+    {"", MiB, {{kNbSnapshots, 4, 1}, {kSnapOffset, 8, 0x30000}}, "overlaps the L1 table"},
 };
 // clang-format on
 
@@ -256,7 +250,7 @@ TEST_CASE("damaged: unknown incompatible features are named", "[header][damaged]
 }
 
 TEST_CASE("damaged: backing file name", "[header][damaged]") {
-    Image img("-b base.raw -F raw");
+    Image img("", true);
     expect_ok(img);
     SECTION("offset inside the fixed header") {
         img.put64(kBackingOffset, 0x10);
@@ -291,25 +285,25 @@ TEST_CASE("damaged: header extension structure", "[header][damaged]") {
         expect_error(img, "feature name table at 0x70 has length 65536 and runs past the end");
     }
     SECTION("padding beyond the extension area") {
-        Image img("-o compat=0.10 -b base.raw -F raw");
+        Image img("compat=0.10", true);
         // The backing format "raw" ends at 83; its padding up to 88 would cross offset 84.
         img.put64(kBackingOffset, 84);
         img.put32(kBackingSize, 4);
         expect_error(img, "backing format extension at 0x48 has length 3 and runs past");
     }
     SECTION("extension header cut off") {
-        Image img("-o compat=0.10 -b base.raw -F raw");
+        Image img("compat=0.10", true);
         img.put64(kBackingOffset, 76);
         img.put32(kBackingSize, 4);
         expect_error(img, "header extension at 0x48 is cut off");
     }
     SECTION("duplicate extension") {
-        Image img("-b base.raw -F raw -o data_file=x.data");
+        Image img("data_file=x.data", true);
         img.put32(img.ext(kExtDataFile), kExtBackingFormat);
         expect_error(img, "duplicate backing format extension");
     }
     SECTION("repeated unknown extensions are kept") {
-        Image img("-o cluster_size=4k");
+        Image img("cluster_size=4k");
         img.put(112, std::vector<std::byte>(32));
         img.put32(112, 0xabcdef01);
         img.put32(120, 0xabcdef01);
@@ -322,7 +316,7 @@ TEST_CASE("damaged: header extension structure", "[header][damaged]") {
 
 TEST_CASE("damaged: header extension contents", "[header][damaged]") {
     SECTION("backing format too long") {
-        Image img("-b base.raw -F raw");
+        Image img("", true);
         img.put32(img.ext(kExtBackingFormat) + 4, 16);
         expect_error(img, "backing format name is 16 bytes long (at most 15)");
     }
@@ -342,22 +336,22 @@ TEST_CASE("damaged: header extension contents", "[header][damaged]") {
         expect_error(img, "feature name table entry 0 has invalid type 0 or bit 64");
     }
     SECTION("empty data file name") {
-        Image img("-o data_file=x.data");
+        Image img("data_file=x.data");
         img.put32(img.ext(kExtDataFile) + 4, 0);
         expect_error(img, "data file name extension is empty");
     }
     SECTION("NUL in the data file name") {
-        Image img("-o data_file=x.data");
+        Image img("data_file=x.data");
         img.put8(img.ext(kExtDataFile) + 9, 0);
         expect_error(img, "data file name contains a NUL byte");
     }
     SECTION("NUL in the backing format") {
-        Image img("-b base.raw -F raw");
+        Image img("", true);
         img.put8(img.ext(kExtBackingFormat) + 9, 0);
         expect_error(img, "backing format name contains a NUL byte");
     }
     SECTION("encryption extension in a plain image") {
-        Image img("-o data_file=x.data");
+        Image img("data_file=x.data");
         img.put32(img.ext(kExtDataFile), kExtEncryption);
         expect_error(img, "encryption header extension present but crypt_method is 0");
     }
@@ -365,18 +359,18 @@ TEST_CASE("damaged: header extension contents", "[header][damaged]") {
 
 TEST_CASE("damaged: external data file consistency", "[header][damaged]") {
     SECTION("bit without a name") {
-        Image img("-o data_file=x.data");
+        Image img("data_file=x.data");
         expect_ok(img);
         img.put32(img.ext(kExtDataFile), 0x12345678);
         expect_error(img, "image has an external data file but no data file name");
     }
     SECTION("name without the bit") {
-        Image img("-o data_file=x.data");
+        Image img("data_file=x.data");
         img.put64(kIncompat, 0);
         expect_error(img, "data file name ('x.data') but the external data file bit is not set");
     }
     SECTION("raw data file with a backing file") {
-        Image img("-o data_file=x.data,data_file_raw=on");
+        Image img("data_file=x.data,data_file_raw=on");
         img.put_str(0x400, "base.raw");
         img.put64(kBackingOffset, 0x400);
         img.put32(kBackingSize, 8);
@@ -384,7 +378,7 @@ TEST_CASE("damaged: external data file consistency", "[header][damaged]") {
                      "image has both a backing file ('base.raw') and a raw external data file");
     }
     SECTION("data file with internal snapshots") {
-        Image img("-o data_file=x.data");
+        Image img("data_file=x.data");
         img.resize(1 << 20);
         img.put32(kNbSnapshots, 1);
         img.put64(kSnapOffset, 0x50000);

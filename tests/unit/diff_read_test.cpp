@@ -6,12 +6,18 @@
 
 #include <cerrno>
 
-#include "tests/unit/qemu_images.hpp"
+#include "tests/unit/support/compare.hpp"
+#include "tests/unit/support/disk.hpp"
+#include "tests/unit/support/files.hpp"
+#include "tests/unit/support/patterns.hpp"
+#include "tests/unit/support/qemu.hpp"
+#include "tests/unit/support/random.hpp"
+#include "tests/unit/support/run.hpp"
 
 namespace {
 
 using namespace qnbd;
-using namespace qnbd::difftest;
+using namespace qnbd::test;
 
 // ---- Ways of reading -------------------------------------------------------------------
 
@@ -110,23 +116,20 @@ void verify_reads(const Image& img, uint64_t seed = 7) {
     const Bytes want = qemu_raw(img.path);
     const uint64_t vsize = qemu_virtual_size(img.path);
     REQUIRE(want.size() == vsize);
-    const Bytes file_before = slurp(img.path);
+    const Bytes file_before = read_file(img.path);
     std::mt19937_64 rng(seed);
-    asio::io_context io;
-    run_co(io, [&]() -> awaitable<void> {
-        auto disk = co_await open_ok(img.path, true);
-        REQUIRE(disk->size() == vsize);
-        REQUIRE(disk->read_only());
-        REQUIRE(disk->format_name() == "qcow2");
-        co_await read_whole(*disk, want);
-        co_await read_tiled(*disk, want, img.cluster);
-        co_await read_boundaries(*disk, want, img.cluster, rng);
-        co_await read_concurrent(*disk, want, img.cluster, rng);
-        co_await read_zero_runs(*disk, want);
-        co_await writes_refused(*disk);
-        co_await close_ok(disk);
+    with_disk(img.path, true, [&](Disk& disk) -> awaitable<void> {
+        REQUIRE(disk.size() == vsize);
+        REQUIRE(disk.read_only());
+        REQUIRE(disk.format_name() == "qcow2");
+        co_await read_whole(disk, want);
+        co_await read_tiled(disk, want, img.cluster);
+        co_await read_boundaries(disk, want, img.cluster, rng);
+        co_await read_concurrent(disk, want, img.cluster, rng);
+        co_await read_zero_runs(disk, want);
+        co_await writes_refused(disk);
     });
-    require_same(slurp(img.path), file_before, "image file after a read-only session");
+    require_same(read_file(img.path), file_before, "image file after a read-only session");
 }
 
 }  // namespace

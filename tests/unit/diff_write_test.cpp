@@ -4,13 +4,19 @@
 // under qemu, and read the same when the engine reopens it.
 #include <catch2/catch.hpp>
 
-#include "tests/unit/qemu_images.hpp"
-#include "tests/unit/reference_model.hpp"
+#include "tests/unit/support/compare.hpp"
+#include "tests/unit/support/disk.hpp"
+#include "tests/unit/support/files.hpp"
+#include "tests/unit/support/patterns.hpp"
+#include "tests/unit/support/qemu.hpp"
+#include "tests/unit/support/random.hpp"
+#include "tests/unit/support/reference_model.hpp"
+#include "tests/unit/support/run.hpp"
 
 namespace {
 
 using namespace qnbd;
-using namespace qnbd::difftest;
+using namespace qnbd::test;
 
 /// Random operations biased towards boundaries, partial clusters and a hot set of clusters
 /// (so data is overwritten, zeroed, discarded and rewritten).
@@ -117,7 +123,7 @@ std::vector<std::string> prefill_cmds(const TempDir& dir, uint64_t c, bool compr
 Bytes make_backing(const TempDir& dir, const WriteCase& wc) {
     if (wc.backing == "raw") {
         random_file(dir.file("base.raw"), wc.size * 3 / 4 + 512, 99);
-        return slurp(dir.file("base.raw"));
+        return read_file(dir.file("base.raw"));
     }
     if (wc.backing == "qcow2") {
         qemu_create(dir.file("base.qcow2"), wc.size, "cluster_size=4096");
@@ -143,7 +149,7 @@ void check_with_qemu(const TempDir& dir, const std::string& path, const WriteCas
     require_qemu_check_clean(path);
     ref.observe(qemu_raw(path), "qemu-img convert after close");
     if (wc.data_file_raw) {
-        Bytes raw = slurp(dir.file(wc.data_file));
+        Bytes raw = read_file(dir.file(wc.data_file));
         raw.resize(ref.data.size());
         require_same(raw, ref.data, "raw external data file");
     }
@@ -167,23 +173,18 @@ void run_write_case(const WriteCase& wc, uint64_t seed) {
     Reference ref(qemu_raw(path), backing, wc.cluster);
     ref.discard_may_keep = wc.data_file_raw;
     OpGenerator gen{std::mt19937_64(seed), wc.size, wc.cluster, !wc.backing.empty()};
-    asio::io_context io;
     for (int session = 0; session < 2; ++session) {
         INFO("session " << session);
-        run_co(io, [&]() -> awaitable<void> {
-            auto disk = co_await open_ok(path, wc.open);
-            REQUIRE(disk->size() == wc.size);
-            REQUIRE(!disk->read_only());
-            co_await apply_random(*disk, ref, gen, session == 0 ? wc.ops : wc.ops / 2);
-            co_await check_disk(*disk, ref, "engine read before close");
-            co_await close_ok(disk);
+        with_disk(path, wc.open, [&](Disk& disk) -> awaitable<void> {
+            REQUIRE(disk.size() == wc.size);
+            REQUIRE(!disk.read_only());
+            co_await apply_random(disk, ref, gen, session == 0 ? wc.ops : wc.ops / 2);
+            co_await check_disk(disk, ref, "engine read before close");
         });
         check_with_qemu(dir, path, wc, ref);
     }
-    run_co(io, [&]() -> awaitable<void> {
-        auto disk = co_await open_ok(path, true);
-        co_await check_disk(*disk, ref, "engine read after reopening");
-        co_await close_ok(disk);
+    with_disk(path, true, [&](Disk& disk) -> awaitable<void> {
+        co_await check_disk(disk, ref, "engine read after reopening");
     });
 }
 
@@ -326,21 +327,16 @@ TEST_CASE("diff_write: L2 tables and refcount blocks and the refcount table grow
     const uint64_t table_clusters_before = file_be(path, 56, 4);
     Reference ref(Bytes(size), {}, 512);
     std::mt19937_64 rng(seed);
-    asio::io_context io;
-    run_co(io, [&]() -> awaitable<void> {
-        auto disk = co_await open_ok(path, false);
-        co_await scattered_writes(*disk, ref, rng, 800);
-        co_await check_disk(*disk, ref, "engine read after growth");
-        co_await close_ok(disk);
+    with_disk(path, false, [&](Disk& disk) -> awaitable<void> {
+        co_await scattered_writes(disk, ref, rng, 800);
+        co_await check_disk(disk, ref, "engine read after growth");
     });
     CHECK(file_be(path, 56, 4) > table_clusters_before);  // the test really grew the table
     require_qemu_check_clean(path);
     ref.observe(qemu_raw(path), "qemu-img convert after growth");
-    run_co(io, [&]() -> awaitable<void> {
-        auto disk = co_await open_ok(path, false);
-        co_await scattered_writes(*disk, ref, rng, 200);  // grow again from the reopened state
-        co_await check_disk(*disk, ref, "engine read after reopening");
-        co_await close_ok(disk);
+    with_disk(path, false, [&](Disk& disk) -> awaitable<void> {
+        co_await scattered_writes(disk, ref, rng, 200);  // grow again from the reopened state
+        co_await check_disk(disk, ref, "engine read after reopening");
     });
     require_qemu_check_clean(path);
     ref.observe(qemu_raw(path), "qemu-img convert after the second session");
@@ -352,14 +348,11 @@ TEST_CASE("diff_write: writes at the last cluster of a large L1 table", "[diff][
     const uint64_t size = 64 * MiB;
     qemu_create(path, size, "cluster_size=512");
     Reference ref(Bytes(size), {}, 512);
-    asio::io_context io;
-    run_co(io, [&]() -> awaitable<void> {
-        auto disk = co_await open_ok(path, false);
+    with_disk(path, false, [&](Disk& disk) -> awaitable<void> {
         for (uint64_t off : {size - 512, size - 1, uint64_t{0}, size / 2 - 1, size - 33 * KiB}) {
             Bytes data(std::min<uint64_t>(size - off, 1000), std::byte(off % 251 + 1));
-            co_await apply(*disk, ref, write_op(off, std::move(data)));
+            co_await apply(disk, ref, write_op(off, std::move(data)));
         }
-        co_await close_ok(disk);
     });
     require_qemu_check_clean(path);
     ref.observe(qemu_raw(path), "qemu-img convert");
@@ -374,14 +367,11 @@ TEST_CASE("diff_write: dirty bit set while open for writing and cleared by close
     std::string path = dir.file("dirty.qcow2");
     qemu_create(path, 4 * MiB, opts);
     REQUIRE((file_be(path, 72, 8) & 1) == 0);
-    asio::io_context io;
-    run_co(io, [&]() -> awaitable<void> {
-        auto disk = co_await open_ok(path, false);
+    with_disk(path, false, [&](Disk& disk) -> awaitable<void> {
         Bytes data(5000, std::byte{0x42});
-        require_ok(co_await disk->write(GuestOffset{70000}, data, WriteFlags{}), "write");
-        require_ok(co_await disk->flush(), "flush");
+        require_ok(co_await disk.write(GuestOffset{70000}, data, WriteFlags{}), "write");
+        require_ok(co_await disk.flush(), "flush");
         CHECK((file_be(path, 72, 8) & 1) == 1);
-        co_await close_ok(disk);
     });
     CHECK((file_be(path, 72, 8) & 1) == 0);
     require_qemu_check_clean(path);
@@ -395,13 +385,10 @@ TEST_CASE("diff_write: compat=0.10 images stay version 2", "[diff][write]") {
     TempDir dir;
     std::string path = dir.file("v2.qcow2");
     qemu_create(path, 4 * MiB, "compat=0.10");
-    asio::io_context io;
-    run_co(io, [&]() -> awaitable<void> {
-        auto disk = co_await open_ok(path, false);
+    with_disk(path, false, [&](Disk& disk) -> awaitable<void> {
         Bytes data(70000, std::byte{0x43});
-        require_ok(co_await disk->write(GuestOffset{1000}, data, WriteFlags{true}), "write");
-        require_ok(co_await disk->write_zeroes(GuestOffset{0}, 65536, ZeroFlags{true}), "zeroes");
-        co_await close_ok(disk);
+        require_ok(co_await disk.write(GuestOffset{1000}, data, WriteFlags{true}), "write");
+        require_ok(co_await disk.write_zeroes(GuestOffset{0}, 65536, ZeroFlags{true}), "zeroes");
     });
     CHECK(file_be(path, 4, 4) == 2);
     require_qemu_check_clean(path);
@@ -417,13 +404,10 @@ TEST_CASE("diff_write: a read-only session leaves a written image byte-identical
     std::string path = dir.file("ro.qcow2");
     qemu_create(path, 4 * MiB, "cluster_size=4096");
     qemu_io(path, prefill_cmds(dir, 4096, true, 5));
-    Bytes before = slurp(path);
-    asio::io_context io;
-    run_co(io, [&]() -> awaitable<void> {
-        auto disk = co_await open_ok(path, true);
-        (void)co_await read_ok(*disk, 0, disk->size());
-        require_ok(co_await disk->flush(), "flush of a read-only disk");
-        co_await close_ok(disk);
+    Bytes before = read_file(path);
+    with_disk(path, true, [&](Disk& disk) -> awaitable<void> {
+        (void)co_await read_ok(disk, 0, disk.size());
+        require_ok(co_await disk.flush(), "flush of a read-only disk");
     });
-    require_same(slurp(path), before, "image file");
+    require_same(read_file(path), before, "image file");
 }

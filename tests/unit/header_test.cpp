@@ -3,29 +3,21 @@
 #include <catch2/catch.hpp>
 
 #include <cstring>
-#include <fstream>
 #include <string>
 #include <vector>
 
 #include "base/buffer.hpp"
 #include "qcow2/header.hpp"
-#include "tests/unit/test_util.hpp"
+#include "tests/unit/support/files.hpp"
+#include "tests/unit/support/qemu.hpp"
+#include "tests/unit/support/shell.hpp"
+#include "tests/unit/support/units.hpp"
 
 using namespace qnbd;
 using namespace qnbd::qcow2;
-using qnbd::test::read_file;
-using qnbd::test::sh;
-using qnbd::test::TempDir;
+using namespace qnbd::test;
 
 namespace {
-
-/// Runs `qemu-img create -f qcow2 <args>` in `dir`.
-void qemu_create(const TempDir& dir, const std::string& args) {
-    const std::string cmd =
-        "cd '" + dir.path().string() + "' && qemu-img create -q -f qcow2 " + args;
-    INFO(cmd);
-    REQUIRE(sh(cmd) == 0);
-}
 
 Header parse_file(const std::string& path) {
     const auto bytes = read_file(path);
@@ -41,13 +33,6 @@ uint64_t expected_l1(uint64_t size, uint64_t cs, uint64_t l2_entry_size) {
     return (size + per_l1 - 1) / per_l1;
 }
 
-void write_file(const std::string& path, const std::vector<std::byte>& bytes) {
-    std::ofstream f(path, std::ios::binary | std::ios::trunc);
-    f.write(reinterpret_cast<const char*>(bytes.data()),
-            static_cast<std::streamsize>(bytes.size()));
-    REQUIRE(f.good());
-}
-
 std::vector<std::byte> first_cluster(const std::string& path, uint64_t cs) {
     auto bytes = read_file(path);
     bytes.resize(cs);
@@ -58,7 +43,7 @@ std::vector<std::byte> first_cluster(const std::string& path, uint64_t cs) {
 
 TEST_CASE("parse_header reads a default qemu-img image", "[header]") {
     TempDir dir;
-    qemu_create(dir, "a.qcow2 1G");
+    qemu_create(dir.file("a.qcow2"), GiB);
     const Header h = parse_file(dir.file("a.qcow2"));
     CHECK(h.version == 3);
     CHECK(h.cluster_bits == 16);
@@ -104,7 +89,7 @@ TEST_CASE("parse_header reads every cluster size", "[header]") {
     const uint64_t cs = uint64_t{1} << bits;
     const uint64_t size = uint64_t{3} << 30;
     TempDir dir;
-    qemu_create(dir, "-o cluster_size=" + std::to_string(cs) + " a.qcow2 3G");
+    qemu_create(dir.file("a.qcow2"), 3 * GiB, "cluster_size=" + n(cs));
     const Header h = parse_file(dir.file("a.qcow2"));
     CHECK(h.cluster_bits == bits);
     CHECK(h.cluster_size() == cs);
@@ -119,8 +104,8 @@ TEST_CASE("parse_header reads every cluster size", "[header]") {
 
 TEST_CASE("parse_header reads compat=0.10 images", "[header]") {
     TempDir dir;
-    REQUIRE(sh("truncate -s 1M " + dir.file("base.raw")) == 0);
-    qemu_create(dir, "-o compat=0.10 -b base.raw -F raw a.qcow2 1G");
+    set_file_size(dir.file("base.raw"), MiB);
+    qemu_create(dir.file("a.qcow2"), GiB, "compat=0.10", "base.raw", "raw");
     const Header h = parse_file(dir.file("a.qcow2"));
     CHECK(h.version == 2);
     CHECK(h.header_length == 72);
@@ -138,7 +123,7 @@ TEST_CASE("parse_header reads compat=0.10 images", "[header]") {
 TEST_CASE("parse_header reads every refcount width", "[header]") {
     const uint32_t order = GENERATE(range(0u, 7u));
     TempDir dir;
-    qemu_create(dir, "-o refcount_bits=" + std::to_string(1u << order) + " a.qcow2 64M");
+    qemu_create(dir.file("a.qcow2"), 64 * MiB, "refcount_bits=" + n(1u << order));
     const Header h = parse_file(dir.file("a.qcow2"));
     CHECK(h.refcount_order == order);
     CHECK(h.refcount_bits() == (1u << order));
@@ -147,14 +132,14 @@ TEST_CASE("parse_header reads every refcount width", "[header]") {
 TEST_CASE("parse_header reads feature options", "[header]") {
     TempDir dir;
     SECTION("lazy refcounts") {
-        qemu_create(dir, "-o lazy_refcounts=on a.qcow2 1G");
+        qemu_create(dir.file("a.qcow2"), GiB, "lazy_refcounts=on");
         const Header h = parse_file(dir.file("a.qcow2"));
         CHECK(h.compatible_features == kCompatLazyRefcounts);
         CHECK(h.lazy_refcounts());
         CHECK(h.incompatible_features == 0);
     }
     SECTION("extended L2 entries") {
-        qemu_create(dir, "-o extended_l2=on,cluster_size=16k a.qcow2 5G");
+        qemu_create(dir.file("a.qcow2"), 5 * GiB, "extended_l2=on,cluster_size=16k");
         const Header h = parse_file(dir.file("a.qcow2"));
         CHECK(h.incompatible_features == kIncompatExtendedL2);
         CHECK(h.extended_l2());
@@ -163,13 +148,13 @@ TEST_CASE("parse_header reads feature options", "[header]") {
         CHECK(h.l1_size == expected_l1(uint64_t{5} << 30, 16384, 16));
     }
     SECTION("zstd compression") {
-        qemu_create(dir, "-o compression_type=zstd a.qcow2 1G");
+        qemu_create(dir.file("a.qcow2"), GiB, "compression_type=zstd");
         const Header h = parse_file(dir.file("a.qcow2"));
         CHECK(h.compression_type == CompressionType::Zstd);
         CHECK(h.incompatible_features == kIncompatCompression);
     }
     SECTION("explicit zlib compression") {
-        qemu_create(dir, "-o compression_type=zlib a.qcow2 1G");
+        qemu_create(dir.file("a.qcow2"), GiB, "compression_type=zlib");
         const Header h = parse_file(dir.file("a.qcow2"));
         CHECK(h.compression_type == CompressionType::Zlib);
         CHECK(h.incompatible_features == 0);
@@ -178,9 +163,9 @@ TEST_CASE("parse_header reads feature options", "[header]") {
 
 TEST_CASE("parse_header reads backing files and formats", "[header]") {
     TempDir dir;
-    REQUIRE(sh("truncate -s 1M " + dir.file("base.raw")) == 0);
-    qemu_create(dir, "-b base.raw -F raw mid.qcow2 1G");
-    qemu_create(dir, "-b mid.qcow2 -F qcow2 top.qcow2 1G");
+    set_file_size(dir.file("base.raw"), MiB);
+    qemu_create(dir.file("mid.qcow2"), GiB, "", "base.raw", "raw");
+    qemu_create(dir.file("top.qcow2"), GiB, "", "mid.qcow2", "qcow2");
     const Header mid = parse_file(dir.file("mid.qcow2"));
     CHECK(mid.backing_file == "base.raw");
     CHECK(mid.backing_format == "raw");
@@ -198,7 +183,7 @@ TEST_CASE("parse_header reads backing files and formats", "[header]") {
 TEST_CASE("parse_header reads external data files", "[header]") {
     TempDir dir;
     SECTION("data_file") {
-        qemu_create(dir, "-o data_file=a.data a.qcow2 1G");
+        qemu_create(dir.file("a.qcow2"), GiB, "data_file=a.data");
         const Header h = parse_file(dir.file("a.qcow2"));
         CHECK(h.has_data_file());
         CHECK_FALSE(h.data_file_raw());
@@ -206,7 +191,7 @@ TEST_CASE("parse_header reads external data files", "[header]") {
         CHECK(h.incompatible_features == kIncompatDataFile);
     }
     SECTION("data_file_raw") {
-        qemu_create(dir, "-o data_file=b.data,data_file_raw=on b.qcow2 16M");
+        qemu_create(dir.file("b.qcow2"), 16 * MiB, "data_file=b.data,data_file_raw=on");
         const Header h = parse_file(dir.file("b.qcow2"));
         CHECK(h.has_data_file());
         CHECK(h.data_file_raw());
@@ -217,8 +202,8 @@ TEST_CASE("parse_header reads external data files", "[header]") {
 
 TEST_CASE("parse_header keeps every extension verbatim in file order", "[header]") {
     TempDir dir;
-    REQUIRE(sh("truncate -s 1M " + dir.file("base.raw")) == 0);
-    qemu_create(dir, "-b base.raw -F raw -o data_file=x.data a.qcow2 1G");
+    set_file_size(dir.file("base.raw"), MiB);
+    qemu_create(dir.file("a.qcow2"), GiB, "data_file=x.data", "base.raw", "raw");
     const auto bytes = read_file(dir.file("a.qcow2"));
     const Header h = parse_file(dir.file("a.qcow2"));
     REQUIRE(h.extensions.size() == 3);
@@ -237,7 +222,7 @@ TEST_CASE("parse_header keeps every extension verbatim in file order", "[header]
 
 TEST_CASE("parse_header keeps unknown extensions and accepts unknown autoclear bits", "[header]") {
     TempDir dir;
-    qemu_create(dir, "-o cluster_size=4k a.qcow2 1G");
+    qemu_create(dir.file("a.qcow2"), GiB, "cluster_size=4k");
     auto bytes = read_file(dir.file("a.qcow2"));
     // 4K clusters: no feature table, so the extension area starts with the end marker.
     store_be32(bytes.data() + 112, 0x12345678);
@@ -255,7 +240,7 @@ TEST_CASE("parse_header keeps unknown extensions and accepts unknown autoclear b
 
 TEST_CASE("parse_header parses but does not refuse the dirty and corrupt bits", "[header]") {
     TempDir dir;
-    qemu_create(dir, "a.qcow2 1G");
+    qemu_create(dir.file("a.qcow2"), GiB);
     auto bytes = read_file(dir.file("a.qcow2"));
     store_be64(bytes.data() + 72, kIncompatDirty | kIncompatCorrupt);
     auto h = parse_header(bytes, bytes.size());
@@ -266,7 +251,7 @@ TEST_CASE("parse_header parses but does not refuse the dirty and corrupt bits", 
 
 TEST_CASE("parse_header accepts a version 3 header of 104 bytes", "[header]") {
     TempDir dir;
-    qemu_create(dir, "-o cluster_size=4k a.qcow2 1G");
+    qemu_create(dir.file("a.qcow2"), GiB, "cluster_size=4k");
     auto bytes = read_file(dir.file("a.qcow2"));
     // Shift the (empty) extension area down to 104 and shorten the header.
     store_be32(bytes.data() + 100, 104);
@@ -277,12 +262,12 @@ TEST_CASE("parse_header accepts a version 3 header of 104 bytes", "[header]") {
     CHECK(h->compression_type == CompressionType::Zlib);
     // qemu agrees that this is a valid image.
     write_file(dir.file("a.qcow2"), bytes);
-    CHECK(sh("qemu-img check -q " + dir.file("a.qcow2")) == 0);
+    CHECK(qemu_check(dir.file("a.qcow2")).exit_status == 0);
 }
 
 TEST_CASE("parse_header reads the bitmaps extension", "[header]") {
     TempDir dir;
-    qemu_create(dir, "a.qcow2 1G");
+    qemu_create(dir.file("a.qcow2"), GiB);
     REQUIRE(sh("qemu-img bitmap --add " + dir.file("a.qcow2") + " b0") == 0);
     const Header h = parse_file(dir.file("a.qcow2"));
     CHECK(h.has_bitmaps_extension());
@@ -304,8 +289,8 @@ TEST_CASE("min_l1_entries covers the virtual size exactly", "[header]") {
 
 TEST_CASE("patch_header round trips the fixed fields", "[header]") {
     TempDir dir;
-    REQUIRE(sh("truncate -s 1M " + dir.file("base.raw")) == 0);
-    qemu_create(dir, "-b base.raw -F raw a.qcow2 1G");
+    set_file_size(dir.file("base.raw"), MiB);
+    qemu_create(dir.file("a.qcow2"), GiB, "", "base.raw", "raw");
     const auto orig = read_file(dir.file("a.qcow2"));
     Header h = parse_file(dir.file("a.qcow2"));
     h.size = uint64_t{2} << 30;
@@ -334,7 +319,7 @@ TEST_CASE("patch_header round trips the fixed fields", "[header]") {
 
 TEST_CASE("patch_header writes no more than the header holds", "[header]") {
     TempDir dir;
-    qemu_create(dir, "-o compat=0.10 a.qcow2 1G");
+    qemu_create(dir.file("a.qcow2"), GiB, "compat=0.10");
     const auto orig = read_file(dir.file("a.qcow2"));
     Header h = parse_file(dir.file("a.qcow2"));
     h.size = uint64_t{4} << 30;
@@ -356,17 +341,22 @@ TEST_CASE("patch_header writes no more than the header holds", "[header]") {
 }
 
 TEST_CASE("build_header reproduces qemu-img's first cluster", "[header]") {
-    const std::string opts = GENERATE(
-        as<std::string>{}, "", "-o cluster_size=512", "-o cluster_size=2M,refcount_bits=64",
-        "-o compat=0.10 -b base.raw -F raw", "-b base.raw -F raw -o data_file=x.data",
-        "-o compression_type=zstd,extended_l2=on,lazy_refcounts=on",
-        "-o data_file=y.data,data_file_raw=on", "-o cluster_size=4k -b base.raw -F raw");
+    auto [opts, backing] = GENERATE(table<std::string, bool>({
+        {"", false},
+        {"cluster_size=512", false},
+        {"cluster_size=2M,refcount_bits=64", false},
+        {"compat=0.10", true},
+        {"data_file=x.data", true},
+        {"compression_type=zstd,extended_l2=on,lazy_refcounts=on", false},
+        {"data_file=y.data,data_file_raw=on", false},
+        {"cluster_size=4k", true},
+    }));
     TempDir dir;
-    REQUIRE(sh("truncate -s 1M " + dir.file("base.raw")) == 0);
-    qemu_create(dir, opts + " a.qcow2 1G");
+    set_file_size(dir.file("base.raw"), MiB);
+    qemu_create(dir.file("a.qcow2"), GiB, opts, backing ? "base.raw" : "", backing ? "raw" : "");
     const Header h = parse_file(dir.file("a.qcow2"));
     auto built = build_header(h);
-    INFO(opts);
+    INFO("options '" << opts << "' backing " << backing);
     REQUIRE(built);
     CHECK(*built == first_cluster(dir.file("a.qcow2"), h.cluster_size()));
     auto reparsed = parse_header(*built, uint64_t{1} << 30);
@@ -405,8 +395,8 @@ TEST_CASE("build_header refuses what does not fit", "[header]") {
 TEST_CASE("parse_snapshots reads qemu-img snapshots", "[header]") {
     TempDir dir;
     const std::string img = dir.file("a.qcow2");
-    qemu_create(dir, "a.qcow2 1G");
-    REQUIRE(sh("qemu-io -c 'write -P 0x11 0 64k' " + img + " >/dev/null") == 0);
+    qemu_create(dir.file("a.qcow2"), GiB);
+    qemu_io(img, {"write -P 0x11 0 64k"});
     REQUIRE(sh("qemu-img snapshot -c first " + img) == 0);
     REQUIRE(sh("qemu-img resize -q " + img + " 3G") == 0);
     REQUIRE(sh("qemu-img snapshot -c second-snapshot " + img) == 0);

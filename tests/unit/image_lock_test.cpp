@@ -21,7 +21,8 @@
 #include <vector>
 
 #include "io/image_lock.hpp"
-#include "tests/unit/test_util.hpp"
+#include "tests/unit/support/files.hpp"
+#include "tests/unit/support/shell.hpp"
 
 extern char** environ;
 

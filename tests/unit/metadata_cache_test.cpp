@@ -4,12 +4,12 @@
 // what it logs and its two fault modes.
 #include <catch2/catch.hpp>
 
-#include <fstream>
 #include <set>
 
 #include "qcow2/metadata_cache.hpp"
-#include "tests/unit/recording_file.hpp"
-#include "tests/unit/test_util.hpp"
+#include "tests/unit/support/recording_file.hpp"
+#include "tests/unit/support/run.hpp"
+#include "tests/unit/support/units.hpp"
 
 namespace {
 
@@ -19,27 +19,18 @@ using test::OpKind;
 
 constexpr uint64_t kCs = 4096;
 
-/// A file of `clusters` clusters, cluster k filled with byte k+1, opened through a recording file.
-struct Fixture {
-    test::TempDir dir;
-    std::string path = dir.file("meta.bin");
-    asio::io_context ctx;
-    std::shared_ptr<test::OpLog> log = std::make_shared<test::OpLog>();
-    std::unique_ptr<io::File> file;
+/// `clusters` clusters, cluster k filled with byte k+1.
+test::Bytes numbered_clusters(int clusters) {
+    test::Bytes contents;
+    for (int k = 0; k < clusters; ++k) contents.insert(contents.end(), kCs, std::byte(k + 1));
+    return contents;
+}
+
+/// A file of `clusters` numbered clusters opened through a recording file.
+struct Fixture : test::RecordedFile {
     DiskStats stats;
 
-    explicit Fixture(int clusters = 16) {
-        std::ofstream f(path, std::ios::binary);
-        for (int k = 0; k < clusters; ++k) {
-            std::string c(kCs, static_cast<char>(k + 1));
-            f.write(c.data(), static_cast<std::streamsize>(c.size()));
-        }
-        f.close();
-        auto r = test::recording_opener(log)(ctx.get_executor(), path,
-                                             io::OpenFlags{true, false, false, std::nullopt});
-        REQUIRE(r);
-        file = std::move(*r);
-    }
+    explicit Fixture(int clusters = 16) : RecordedFile(numbered_clusters(clusters), "meta.bin") {}
     /// Reads the cache issued at cluster k.
     size_t reads_of(uint64_t k) const {
         size_t n = 0;
@@ -49,7 +40,7 @@ struct Fixture {
     }
     template <class F>
     void run(F body) {
-        test::run(ctx, body());
+        test::run(io, body());
     }
 };
 
@@ -87,7 +78,7 @@ TEST_CASE("concurrent misses of one cluster share one read", "[metadata_cache]")
     MetadataCache cache(*fx.file, kCs, 8 * kCs, fx.stats);
     fx.run([&]() -> awaitable<void> {
         std::vector<Result<CacheRef>> got(8);
-        JoinSet join(fx.ctx.get_executor());
+        JoinSet join(fx.io.get_executor());
         for (auto& g : got) join.spawn(get_into(cache, 5, g));
         auto joined = co_await join.wait();
         REQUIRE(joined);
@@ -110,7 +101,7 @@ TEST_CASE("a failed read reaches every waiter and is not cached", "[metadata_cac
     fx.log->fail_nth(OpKind::Read, 1, EIO);
     fx.run([&]() -> awaitable<void> {
         std::vector<Result<CacheRef>> got(4);
-        JoinSet join(fx.ctx.get_executor());
+        JoinSet join(fx.io.get_executor());
         for (auto& g : got) join.spawn(get_into(cache, 2, g));
         auto joined = co_await join.wait();
         REQUIRE(joined);

@@ -19,15 +19,17 @@
 #include <thread>
 #include <vector>
 
-#include "test_util.hpp"
+#include "tests/unit/support/files.hpp"
+#include "tests/unit/support/qemu.hpp"
+#include "tests/unit/support/random.hpp"
+#include "tests/unit/support/shell.hpp"
+#include "tests/unit/support/units.hpp"
 
 extern char** environ;
 
 namespace {
 
-using qnbd::test::TempDir;
-
-constexpr uint64_t kMiB = 1 << 20;
+using namespace qnbd::test;
 
 /// A qnbd server on a unix socket in a temporary directory, stopped with SIGTERM.
 class Server {
@@ -36,8 +38,8 @@ class Server {
         image_ = dir_.file("disk.qcow2");
         socket_ = dir_.file("nbd.sock");
         log_ = dir_.file("qnbd.log");
-        REQUIRE(qnbd::test::sh(std::string("'") + QNBD_BINARY + "' create '" + image_ +
-                               "' 64M >/dev/null") == 0);
+        REQUIRE(sh(std::string("'") + QNBD_BINARY + "' create '" + image_ + "' 64M >/dev/null") ==
+                0);
         std::vector<std::string> args = {QNBD_BINARY, "-t", "-e", "0", "-k", socket_};
         args.insert(args.end(), extra.begin(), extra.end());
         args.push_back(image_);
@@ -68,7 +70,7 @@ class Server {
     }
     bool alive() const { return pid_ > 0 && ::waitpid(pid_, nullptr, WNOHANG) == 0; }
     std::string log() const {
-        auto b = qnbd::test::read_file(log_);
+        auto b = read_file(log_);
         return std::string(reinterpret_cast<const char*>(b.data()), b.size());
     }
     /// A connected handle; `setup` runs before connecting.
@@ -96,16 +98,6 @@ class Server {
     std::string image_, socket_, log_;
     pid_t pid_ = -1;
 };
-
-std::vector<char> pattern(size_t n, unsigned seed) {
-    std::vector<char> v(n);
-    uint32_t x = seed * 2654435761u + 1;
-    for (auto& c : v) {
-        x = x * 1103515245u + 12345u;
-        c = static_cast<char>(x >> 24);
-    }
-    return v;
-}
 
 int count_chunk(void* user, const void*, size_t, uint64_t, unsigned status, int*) {
     if (status == LIBNBD_READ_DATA)
@@ -143,12 +135,12 @@ TEST_CASE("libnbd C API: handshake facts", "[nbd_client][libnbd]") {
         nbd_add_meta_context(h, "qemu:allocation-depth");
     });
     Closer closer{h};
-    CHECK(nbd_get_size(h) == int64_t(64 * kMiB));
+    CHECK(nbd_get_size(h) == int64_t(64 * MiB));
     CHECK(std::string(nbd_get_protocol(h)) == "newstyle-fixed");
     CHECK(nbd_get_structured_replies_negotiated(h) == 1);
     CHECK(nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM) == 1);
     CHECK(nbd_get_block_size(h, LIBNBD_SIZE_PREFERRED) == 4096);
-    CHECK(nbd_get_block_size(h, LIBNBD_SIZE_MAXIMUM) == 32 * int64_t(kMiB));
+    CHECK(nbd_get_block_size(h, LIBNBD_SIZE_MAXIMUM) == 32 * int64_t(MiB));
     CHECK(nbd_can_flush(h) == 1);
     CHECK(nbd_can_fua(h) == 1);
     CHECK(nbd_can_trim(h) == 1);
@@ -173,43 +165,44 @@ TEST_CASE("libnbd C API: every command, data verified", "[nbd_client][libnbd]") 
     nbd_handle* h =
         s.connect([](nbd_handle* h) { nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION); });
     Closer closer{h};
-    auto d = pattern(2 * kMiB, 1);
+    auto d = random_bytes(2 * MiB, 1);
     REQUIRE(nbd_pwrite(h, d.data(), d.size(), 0, 0) == 0);
-    REQUIRE(nbd_pwrite(h, d.data(), kMiB, 4 * kMiB, LIBNBD_CMD_FLAG_FUA) == 0);
+    REQUIRE(nbd_pwrite(h, d.data(), MiB, 4 * MiB, LIBNBD_CMD_FLAG_FUA) == 0);
     REQUIRE(nbd_flush(h, 0) == 0);
-    std::vector<char> got(2 * kMiB);
+    Bytes got(2 * MiB);
     REQUIRE(nbd_pread(h, got.data(), got.size(), 0, 0) == 0);
     CHECK(got == d);
     int chunks = 0;
     nbd_chunk_callback ccb = {.callback = count_chunk, .user_data = &chunks, .free = nullptr};
-    REQUIRE(nbd_pread_structured(h, got.data(), 2 * kMiB, 3 * kMiB, ccb, LIBNBD_CMD_FLAG_DF) == 0);
+    REQUIRE(nbd_pread_structured(h, got.data(), 2 * MiB, 3 * MiB, ccb, LIBNBD_CMD_FLAG_DF) == 0);
     CHECK(chunks == 1);  // one data chunk, although [3M, 4M) is a hole
-    CHECK(std::memcmp(got.data() + kMiB, d.data(), kMiB) == 0);
+    CHECK(std::memcmp(got.data() + MiB, d.data(), MiB) == 0);
 
     REQUIRE(nbd_zero(h, 65536, 0, 0) == 0);
     REQUIRE(nbd_zero(h, 65536, 65536, LIBNBD_CMD_FLAG_NO_HOLE | LIBNBD_CMD_FLAG_FUA) == 0);
     REQUIRE(nbd_zero(h, 65536, 2 * 65536, LIBNBD_CMD_FLAG_FAST_ZERO) == 0);
-    REQUIRE(nbd_trim(h, kMiB, kMiB, 0) == 0);
-    REQUIRE(nbd_cache(h, 2 * kMiB, 0, 0) == 0);
+    REQUIRE(nbd_trim(h, MiB, MiB, 0) == 0);
+    REQUIRE(nbd_cache(h, 2 * MiB, 0, 0) == 0);
     REQUIRE(nbd_pread(h, got.data(), 3 * 65536, 0, 0) == 0);
-    CHECK(std::all_of(got.begin(), got.begin() + 3 * 65536, [](char c) { return c == 0; }));
-    REQUIRE(nbd_pread(h, got.data(), kMiB - 3 * 65536, 3 * 65536, 0) == 0);
-    CHECK(std::memcmp(got.data(), d.data() + 3 * 65536, kMiB - 3 * 65536) == 0);
+    CHECK(std::all_of(got.begin(), got.begin() + 3 * 65536,
+                      [](std::byte c) { return c == std::byte{0}; }));
+    REQUIRE(nbd_pread(h, got.data(), MiB - 3 * 65536, 3 * 65536, 0) == 0);
+    CHECK(std::memcmp(got.data(), d.data() + 3 * 65536, MiB - 3 * 65536) == 0);
 
     Extents e;
     nbd_extent_callback cb = {.callback = collect_extents, .user_data = &e, .free = nullptr};
-    REQUIRE(nbd_block_status(h, 8 * kMiB, 0, cb, 0) == 0);
+    REQUIRE(nbd_block_status(h, 8 * MiB, 0, cb, 0) == 0);
     REQUIRE(e.base.size() >= 4);
     uint64_t covered = 0;
     for (size_t i = 0; i < e.base.size(); i += 2) covered += e.base[i];
-    CHECK(covered == 8 * kMiB);
+    CHECK(covered == 8 * MiB);
     CHECK((e.base[1] & LIBNBD_STATE_ZERO) != 0);  // zeroed first cluster
-    REQUIRE(nbd_block_status(h, 8 * kMiB, 0, cb, LIBNBD_CMD_FLAG_REQ_ONE) == 0);
+    REQUIRE(nbd_block_status(h, 8 * MiB, 0, cb, LIBNBD_CMD_FLAG_REQ_ONE) == 0);
     CHECK(e.base.size() == 2);
 
     CHECK(nbd_shutdown(h, 0) == 0);
     CHECK(s.stop() == 0);
-    CHECK(qnbd::test::sh("qemu-img check -q '" + s.image() + "'") == 0);
+    CHECK(qemu_check(s.image()).exit_status == 0);
 }
 
 TEST_CASE("libnbd C API: 256 asynchronous requests in flight", "[nbd_client][libnbd]") {
@@ -217,10 +210,10 @@ TEST_CASE("libnbd C API: 256 asynchronous requests in flight", "[nbd_client][lib
     nbd_handle* h = s.connect();
     Closer closer{h};
     constexpr size_t n = 256, len = 32768;
-    std::vector<std::vector<char>> data, bufs(n, std::vector<char>(len));
+    std::vector<Bytes> data, bufs(n, Bytes(len));
     std::vector<int64_t> cookies;
     for (size_t i = 0; i < n; ++i) {
-        data.push_back(pattern(len, unsigned(i) + 10));
+        data.push_back(random_bytes(len, unsigned(i) + 10));
         int64_t c = nbd_aio_pwrite(h, data[i].data(), len, i * len, NBD_NULL_COMPLETION, 0);
         REQUIRE(c > 0);
         cookies.push_back(c);
@@ -246,10 +239,10 @@ TEST_CASE("libnbd C API: error replies keep the connection", "[nbd_client][libnb
     Server s;
     nbd_handle* h = s.connect([](nbd_handle* h) { nbd_set_strict_mode(h, 0); });
     Closer closer{h};
-    const uint64_t size = 64 * kMiB;
-    auto d = pattern(4096, 3);
+    const uint64_t size = 64 * MiB;
+    auto d = random_bytes(4096, 3);
     REQUIRE(nbd_pwrite(h, d.data(), d.size(), 0, 0) == 0);
-    std::vector<char> got(4096);
+    Bytes got(4096);
     auto still_ok = [&] {
         REQUIRE(nbd_pread(h, got.data(), got.size(), 0, 0) == 0);
         CHECK(got == d);
@@ -266,7 +259,7 @@ TEST_CASE("libnbd C API: error replies keep the connection", "[nbd_client][libnb
     CHECK(nbd_pread(h, got.data(), 512, 0, 1u << 9) == -1);
     CHECK(nbd_get_errno() == EINVAL);
     still_ok();
-    std::vector<char> big(33 * kMiB);
+    Bytes big(33 * MiB);
     CHECK(nbd_pread(h, big.data(), big.size(), 0, LIBNBD_CMD_FLAG_DF) == -1);
     CHECK(nbd_get_errno() == EOVERFLOW);
     still_ok();

@@ -7,7 +7,7 @@
 
 #include "protocol/read_reply.hpp"
 #include "protocol/transmission.hpp"
-#include "protocol_hex.hpp"
+#include "tests/unit/support/protocol_hex.hpp"
 
 using namespace qnbd::nbd;
 using namespace qnbd::nbd::test;

@@ -10,6 +10,7 @@
 #include "protocol/options.hpp"
 #include "protocol/transmission.hpp"
 #include "protocol/validate.hpp"
+#include "tests/unit/support/random.hpp"
 
 using namespace qnbd::nbd;
 
@@ -17,14 +18,13 @@ namespace {
 
 using Buffer = std::vector<std::byte>;
 
-Buffer random_buffer(std::mt19937& rng, size_t max_len) {
-    Buffer b(std::uniform_int_distribution<size_t>(0, max_len)(rng));
-    for (std::byte& x : b) x = static_cast<std::byte>(rng() & 0xff);
-    return b;
+/// Random bytes of a random length up to `max_len`.
+Buffer random_buffer(std::mt19937_64& rng, size_t max_len) {
+    return qnbd::test::random_bytes(rng, std::uniform_int_distribution<size_t>(0, max_len)(rng));
 }
 
 /// Flips, truncates or extends a valid encoding a little.
-Buffer mutate(std::mt19937& rng, Buffer b) {
+Buffer mutate(std::mt19937_64& rng, Buffer b) {
     switch (rng() % 4) {
         case 0:
             if (!b.empty()) b[rng() % b.size()] ^= static_cast<std::byte>(1u << (rng() % 8));
@@ -61,7 +61,7 @@ void check_option(uint32_t option, const Buffer& in) {
 }  // namespace
 
 TEST_CASE("protocol: option decoders survive arbitrary bytes", "[protocol]") {
-    std::mt19937 rng(20240601);
+    std::mt19937_64 rng(20240601);
     const Buffer seeds[] = {
         encode_info_request({"disk", {NBD_INFO_EXPORT, NBD_INFO_BLOCK_SIZE}}),
         encode_info_request({"", {}}),
@@ -76,7 +76,7 @@ TEST_CASE("protocol: option decoders survive arbitrary bytes", "[protocol]") {
 }
 
 TEST_CASE("protocol: header decoders survive arbitrary bytes", "[protocol]") {
-    std::mt19937 rng(7);
+    std::mt19937_64 rng(7);
     Session session;
     session.export_size = 1 << 30;
     session.transmission_flags = transmission_flags(ExportFeatures{}, true);

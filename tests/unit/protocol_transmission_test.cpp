@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "protocol/transmission.hpp"
-#include "protocol_hex.hpp"
+#include "tests/unit/support/protocol_hex.hpp"
 
 using namespace qnbd::nbd;
 using namespace qnbd::nbd::test;

@@ -10,7 +10,8 @@
 
 #include "io/file.hpp"
 #include "qcow2/refcounts.hpp"
-#include "tests/unit/test_util.hpp"
+#include "tests/unit/support/files.hpp"
+#include "tests/unit/support/run.hpp"
 
 namespace {
 

@@ -2,11 +2,20 @@
 // writes, zero writes, discards and flushes, and applying such a sequence to a Disk.
 #pragma once
 
-#include "tests/unit/qemu_images.hpp"
+#include <catch2/catch.hpp>
 
-namespace qnbd::difftest {
+#include <cerrno>
+#include <cstring>
+#include <ostream>
+#include <span>
+#include <string>
+#include <vector>
 
-// ---- The reference model of the write tests --------------------------------------------
+#include "tests/unit/support/compare.hpp"
+#include "tests/unit/support/disk.hpp"
+#include "tests/unit/support/units.hpp"
+
+namespace qnbd::test {
 
 /// What the guest must read. Exact bytes, except "loose" bytes that a discard made
 /// unspecified: they may read as `data` (the backing's byte, or the old byte for a partial
@@ -20,6 +29,7 @@ struct Reference {
     /// images, whose raw data file must stay the guest view): they keep or lose their bytes.
     bool discard_may_keep = false;
 
+    /// Starts from the guest view `initial`, over a backing view (empty without backing).
     Reference(Bytes initial, Bytes backing_view, uint64_t cluster_size)
         : data(std::move(initial)),
           loose(data.size(), 0),
@@ -29,10 +39,12 @@ struct Reference {
     }
 
     // memcpy/memset/memchr keep the model fast in unoptimized (Debug+ASan) builds.
+    /// The guest wrote `d` at `off`.
     void write(uint64_t off, std::span<const std::byte> d) {
         std::memcpy(data.data() + off, d.data(), d.size());
         std::memset(loose.data() + off, 0, d.size());
     }
+    /// The guest zeroed [off, off+len).
     void zero(uint64_t off, uint64_t len) {
         std::memset(data.data() + off, 0, len);
         std::memset(loose.data() + off, 0, len);
@@ -98,6 +110,7 @@ inline Op write_op(uint64_t off, Bytes data, bool fua = false) {
     return op;
 }
 
+/// Prints an operation for failure messages.
 inline std::ostream& operator<<(std::ostream& os, const Op& op) {
     const char* names[] = {
         "write",   "write_zeroes", "write_zeroes(may_unmap)", "write_zeroes(fast_only)",
@@ -149,4 +162,4 @@ inline awaitable<void> check_disk(Disk& disk, Reference& ref, std::string what) 
     ref.observe(got, what);
 }
 
-}  // namespace qnbd::difftest
+}  // namespace qnbd::test
