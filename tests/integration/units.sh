@@ -111,10 +111,13 @@ clean_journal() {
 ns mkdir -p /etc/qnbd /var/lib/qnbd
 ns qnbd create /var/lib/qnbd/disk1.qcow2 64M >/dev/null || fail "qnbd create"
 echo 'QNBD_ARGS="-t -e 0"' | ns tee /etc/qnbd/disk1.conf >/dev/null
-ns systemctl start qnbd@disk1.socket || fail "qnbd@disk1.socket did not start"
+ns systemctl enable --now qnbd@disk1.socket 2>/dev/null || fail "qnbd@disk1.socket did not start"
+[[ $(ns systemctl is-enabled qnbd@disk1.socket) == enabled ]] || fail "qnbd@disk1.socket is not enabled"
 [[ $(ns stat -c '%U:%G %a' /run/qnbd/disk1.sock) == "root:qnbd 660" ]] ||
     fail "socket: $(ns stat -c '%U:%G %a' /run/qnbd/disk1.sock)"
 U="nbd+unix:///disk1?socket=/run/qnbd/disk1.sock"
+ns_t 30 nbdinfo "$U" >"$T/nbdinfo.txt" || fail "nbdinfo $U: $(journal qnbd@disk1.service | tail -5)"
+grep -q 'export="disk1":' "$T/nbdinfo.txt" || fail "nbdinfo: $(cat "$T/nbdinfo.txt")"
 head -c 8M /dev/urandom >"$T/data"
 ns_t 60 nbdcopy "$T/data" "$U" || fail "nbdcopy into $U: $(journal qnbd@disk1.service | tail -5)"
 ns_t 60 nbdcopy "$U" "$T/back" || fail "nbdcopy from $U"
@@ -202,7 +205,7 @@ say "ok: TCP socket drop-in, the default export, the service gone with its clien
 # qnbd-attach@nbd0.service.
 printf 'QNBD_IMAGE=/var/lib/qnbd/disk1.qcow2\n' | ns tee /etc/qnbd/attach-nbd0.conf >/dev/null
 if [[ -b /dev/nbd0 && $(cat /sys/block/nbd0/size 2>/dev/null || echo 0) == 0 ]]; then
-    ns_t 60 systemctl start qnbd-attach@nbd0.service ||
+    ns_t 60 systemctl enable --now qnbd-attach@nbd0.service ||
         fail "qnbd-attach@nbd0 did not start: $(journal qnbd-attach@nbd0.service | tail -5)"
     [[ $(cat /sys/block/nbd0/size) == $(((64 << 20) / 512)) ]] || fail "/dev/nbd0 size $(cat /sys/block/nbd0/size)"
     [[ $(show qnbd-attach@nbd0.service StatusText) == "attached to /dev/nbd0" ]] ||
@@ -214,11 +217,12 @@ if [[ -b /dev/nbd0 && $(cat /sys/block/nbd0/size 2>/dev/null || echo 0) == 0 ]];
     clean_journal qnbd-attach@nbd0.service
     say "ok: qnbd-attach@nbd0 attached /dev/nbd0 (READY after the attach) and detached it on stop"
 else
-    ns_t 60 systemctl start qnbd-attach@nbd0.service 2>/dev/null && fail "qnbd-attach@nbd0 started without /dev/nbd0"
+    ns_t 60 systemctl enable --now qnbd-attach@nbd0.service 2>/dev/null && fail "qnbd-attach@nbd0 started without /dev/nbd0"
     [[ $(show qnbd-attach@nbd0.service ExecMainStatus) == 1 ]] ||
         fail "qnbd-attach@nbd0: status $(show qnbd-attach@nbd0.service ExecMainStatus) (sandbox setup failed?)"
     journal_has qnbd-attach@nbd0.service "^3 cannot open /dev/nbd0: No such file or directory" ||
         fail "qnbd-attach@nbd0: $(journal qnbd-attach@nbd0.service | tail -3)"
-    say "ok: qnbd-attach@nbd0: sandbox set up, qnbd reports the missing /dev/nbd0 (no nbd device here: attach not run)"
+    [[ $(ns systemctl is-enabled qnbd-attach@nbd0.service) == enabled ]] || fail "qnbd-attach@nbd0 not enabled"
+    say "ok: qnbd-attach@nbd0: enabled, sandbox set up, qnbd reports the missing /dev/nbd0 (no nbd device here: attach not run)"
 fi
 finish
