@@ -47,20 +47,31 @@ set(QNBD_SYSUSERS_DIR ${sysusers_dir} CACHE STRING
     "Where the sysusers.d file is installed (relative: under the prefix)")
 
 # The units say ExecStart=/usr/bin/qnbd (so that they verify as they are in the source tree);
-# the installed copies name the binary where this install puts it.
+# the installed copies name the binary where this install puts it. They are written at install
+# time (--prefix is known only then) to a directory of this install's own, so that two installs
+# from one build tree never share a half-written file.
 set(QNBD_UNITS qnbd@.service qnbd@.socket qnbd-attach@.service)
 if(IS_ABSOLUTE ${CMAKE_INSTALL_BINDIR})
   set(bindir_code "${CMAKE_INSTALL_BINDIR}")
 else()
   set(bindir_code "\${CMAKE_INSTALL_PREFIX}/${CMAKE_INSTALL_BINDIR}")
 endif()
+if(IS_ABSOLUTE ${QNBD_SYSTEMD_UNIT_DIR})
+  set(unitdir_code "${QNBD_SYSTEMD_UNIT_DIR}")
+else()
+  set(unitdir_code "\${CMAKE_INSTALL_PREFIX}/${QNBD_SYSTEMD_UNIT_DIR}")
+endif()
 install(CODE "
+  string(RANDOM LENGTH 12 tag)
+  set(tmp \"${CMAKE_BINARY_DIR}/systemd-units-\${tag}\")
+  set(files)
   foreach(unit ${QNBD_UNITS})
     file(READ \"${CMAKE_SOURCE_DIR}/systemd/\${unit}\" text)
     string(REPLACE \"/usr/bin/qnbd \" \"${bindir_code}/qnbd \" text \"\${text}\")
-    file(WRITE \"${CMAKE_BINARY_DIR}/systemd/\${unit}\" \"\${text}\")
+    file(WRITE \"\${tmp}/\${unit}\" \"\${text}\")
+    list(APPEND files \"\${tmp}/\${unit}\")
   endforeach()
+  file(INSTALL DESTINATION \"${unitdir_code}\" TYPE FILE FILES \${files})
+  file(REMOVE_RECURSE \"\${tmp}\")
 ")
-list(TRANSFORM QNBD_UNITS PREPEND ${CMAKE_BINARY_DIR}/systemd/ OUTPUT_VARIABLE unit_files)
-install(FILES ${unit_files} DESTINATION ${QNBD_SYSTEMD_UNIT_DIR})
 install(FILES ${CMAKE_SOURCE_DIR}/systemd/qnbd.conf DESTINATION ${QNBD_SYSUSERS_DIR})
