@@ -66,7 +66,7 @@ awaitable<void> RequestHandler::block_status() {
     }
     std::vector<asio::const_buffer> out;
     for (auto& c : chunks) out.emplace_back(c.data(), c.size());
-    co_await c_.send(out);
+    co_await send_reply(out, NBD_SUCCESS);
 }
 
 }  // namespace qnbd::server

@@ -7,6 +7,8 @@
 #include <cstdlib>
 #include <map>
 
+#include "server/metrics_server.hpp"
+
 #ifndef QNBD_VERSION
 #define QNBD_VERSION "0.0.0"
 #endif
@@ -95,6 +97,10 @@ void add_listen_options(CLI::App& app, Config& c, RawOptions& raw) {
                    "seconds a client may take to negotiate (default 10, 0: no limit)");
     app.add_option("-x,--export-name", c.export_name, "export name (default empty)");
     app.add_option("-D,--description", c.description, "export description");
+    app.add_option("--metrics", c.metrics,
+                   "serve Prometheus metrics at ADDR: unix:PATH (or a path with a '/'), "
+                   "HOST:PORT, or tcp:PORT on 127.0.0.1 (see docs/METRICS.md)")
+        ->type_name("ADDR");
 }
 
 /// How the image is opened and served.
@@ -155,6 +161,22 @@ bool number(const char* option, const std::string& text, uint64_t min, uint64_t 
     return true;
 }
 
+/// --metrics must be a valid address, and not the unix socket of -k.
+bool check_metrics(const Config& c) {
+    if (c.metrics.empty()) return true;
+    auto a = qnbd::server::parse_metrics_address(c.metrics);
+    if (!a) {
+        std::fprintf(stderr, "qnbd: %s\n", a.error().message.c_str());
+        return false;
+    }
+    if (!a->unix_path.empty() && a->unix_path == c.socket_path) {
+        std::fprintf(stderr, "qnbd: --metrics: %s is already the NBD socket (-k)\n",
+                     c.socket_path.c_str());
+        return false;
+    }
+    return true;
+}
+
 Command finish_config(Config c, const RawOptions& raw) {
     if (!number("--port", raw.port, 0, 65535, c.port) ||
         !number("--shared", raw.shared, 0, UINT32_MAX, c.shared) ||
@@ -172,6 +194,7 @@ Command finish_config(Config c, const RawOptions& raw) {
         }
         c.metadata_cache_bytes = *s;
     }
+    if (!check_metrics(c)) return ExitNow{1};
     if (c.image.empty()) {
         std::fprintf(stderr, "qnbd: an image file is required (see --help)\n");
         return ExitNow{1};

@@ -43,6 +43,7 @@ struct Config {
     uint64_t metadata_cache_bytes = 0;
     unsigned handshake_timeout_s = 10;
     bool snapshot = false;  ///< -s: writes go to a temporary overlay.
+    std::string metrics;    ///< --metrics address (server/metrics_server.hpp); empty: none.
 };
 
 /// Open options of the engine for a configuration.

@@ -4,6 +4,7 @@
 
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/any_io_executor.hpp>
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <string>
@@ -75,7 +76,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
     awaitable<error_code> send(std::span<const asio::const_buffer> bufs);
     awaitable<void> transmission(Negotiated n);
     awaitable<bool> read_request(nbd::Session& s, bool& stop);
-    awaitable<void> handle(nbd::Request r, Buffer payload);
+    awaitable<void> handle(nbd::Request r, Buffer payload,
+                           std::chrono::steady_clock::time_point received);
     void finish_request(uint64_t bytes);
 
     asio::any_io_executor ex_;

@@ -13,6 +13,8 @@
 
 namespace qnbd::server {
 
+class ExportMetrics;
+
 /// One export and its policy.
 struct Export {
     std::string name;
@@ -22,7 +24,8 @@ struct Export {
     DetectZeroes detect_zeroes = DetectZeroes::Off;
     bool unsafe_flush = false;  ///< --cache=unsafe: FLUSH does not sync.
     nbd::ExportFeatures features;
-    nbd::MetaContextSet contexts;  ///< Metadata contexts offered.
+    nbd::MetaContextSet contexts;      ///< Metadata contexts offered.
+    ExportMetrics* metrics = nullptr;  ///< Request counters of --metrics; null without it.
 };
 
 /// Exports served by this process, by name.

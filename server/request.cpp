@@ -8,6 +8,7 @@
 #include "base/buffer.hpp"
 #include "protocol/errors.hpp"
 #include "protocol/read_reply.hpp"
+#include "server/metrics.hpp"
 
 namespace qnbd::server {
 
@@ -64,10 +65,20 @@ awaitable<void> RequestHandler::finish(const Result<void>& r) {
     co_await reply_error(nbd_error(r.error().code, r_), r.error().message);
 }
 
+awaitable<void> RequestHandler::send_reply(std::span<const asio::const_buffer> bufs, uint32_t err) {
+    co_await c_.send(bufs);
+    // Counted even when the reply could not be written: the request was served.
+    if (ExportMetrics* m = c_.neg_ ? c_.neg_->exp->metrics : nullptr) {
+        const auto took = RequestClock::now() - received_;
+        m->record(r_.type, err, r_.length,
+                  std::chrono::duration_cast<std::chrono::nanoseconds>(took).count());
+    }
+}
+
 awaitable<void> RequestHandler::reply_simple_ok() {
     auto h = encode_simple_reply(NBD_SUCCESS, r_.cookie);
     asio::const_buffer b(h.data(), h.size());
-    co_await c_.send({&b, 1});
+    co_await send_reply({&b, 1}, NBD_SUCCESS);
 }
 
 awaitable<void> RequestHandler::reply_error(uint32_t err, const std::string& message) {
@@ -76,12 +87,12 @@ awaitable<void> RequestHandler::reply_error(uint32_t err, const std::string& mes
     if (structured) {
         auto chunk = encode_error_chunk(NBD_REPLY_FLAG_DONE, r_.cookie, err, message);
         asio::const_buffer b(chunk.data(), chunk.size());
-        co_await c_.send({&b, 1});
+        co_await send_reply({&b, 1}, err);
         co_return;
     }
     auto h = encode_simple_reply(err, r_.cookie);
     asio::const_buffer b(h.data(), h.size());
-    co_await c_.send({&b, 1});
+    co_await send_reply({&b, 1}, err);
 }
 
 awaitable<void> RequestHandler::read() {
@@ -110,7 +121,7 @@ awaitable<void> RequestHandler::read() {
         out.emplace_back(p.bytes.data(), p.size);
         if (p.data_length) out.emplace_back(buf.data() + p.data_offset, p.data_length);
     }
-    co_await c_.send(out);
+    co_await send_reply(out, NBD_SUCCESS);
 }
 
 awaitable<Result<void>> RequestHandler::write(std::span<const std::byte> payload) {

@@ -1,6 +1,7 @@
 // Serving one transmission request against the export's Disk and writing its reply.
 #pragma once
 
+#include <chrono>
 #include <string>
 
 #include "base/buffer.hpp"
@@ -9,13 +10,18 @@
 
 namespace qnbd::server {
 
+/// The clock of request latencies (qnbd_request_duration_seconds).
+using RequestClock = std::chrono::steady_clock;
+
 /// The name of NBD command `type` for the log ("WRITE"; "command 42" for unknown ones).
 std::string command_name(uint16_t type);
 
 /// Handles one request of a connection.
 class RequestHandler {
   public:
-    RequestHandler(Connection& c, const nbd::Request& r) : c_(c), r_(r) {}
+    /// `received`: when the request's header was read (used only with --metrics).
+    RequestHandler(Connection& c, const nbd::Request& r, RequestClock::time_point received = {})
+        : c_(c), r_(r), received_(received) {}
     /// Serves the request and sends its reply.
     awaitable<void> run(Buffer payload);
     /// Sends an error reply (structured for READ and BLOCK_STATUS when negotiated).
@@ -30,12 +36,15 @@ class RequestHandler {
     awaitable<Result<void>> cache();
     awaitable<void> block_status();
     awaitable<void> reply_simple_ok();
+    /// Sends the reply `bufs` (NBD error `err`, 0 for success) and counts the request.
+    awaitable<void> send_reply(std::span<const asio::const_buffer> bufs, uint32_t err);
     awaitable<void> finish(const Result<void>& r);
     Export& exp() { return *c_.neg_->exp; }
     bool fua() const { return r_.flags & nbd::NBD_CMD_FLAG_FUA; }
 
     Connection& c_;
     nbd::Request r_;
+    RequestClock::time_point received_;
 };
 
 }  // namespace qnbd::server

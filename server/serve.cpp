@@ -16,6 +16,7 @@
 #include "qcow2/create.hpp"
 #include "server/kernel.hpp"
 #include "server/logging.hpp"
+#include "server/metrics_server.hpp"
 #include "server/server.hpp"
 #include "server/spawn.hpp"
 #include "server/systemd.hpp"
@@ -122,8 +123,8 @@ struct Served {
 /// Serves the export on a listener until the server stops.
 awaitable<Served> serve_network(asio::io_context& io, const Config& cfg, ExportRegistry& exports,
                                 Daemon& daemon, std::optional<int> listen_fd,
-                                ShutdownSignals& signals) {
-    Server server(io, cfg, exports);
+                                ShutdownSignals& signals, Metrics* metrics) {
+    Server server(io, cfg, exports, metrics);
     auto r = listen_fd ? server.adopt(*listen_fd) : server.listen();
     if (!r) {
         spdlog::error("{}", r.error().message);
@@ -157,7 +158,7 @@ awaitable<void> serve_device_connection(Server& server, std::unique_ptr<Transpor
 /// Attaches the export to the kernel device of -c and serves it until it is detached.
 awaitable<Served> serve_kernel(asio::io_context& io, const Config& cfg, ExportRegistry& exports,
                                const std::shared_ptr<Export>& exp, Daemon& daemon,
-                               ShutdownSignals& signals) {
+                               ShutdownSignals& signals, Metrics* metrics) {
     int sv[2];
     if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
         spdlog::error("socketpair: {}", std::strerror(errno));
@@ -172,7 +173,7 @@ awaitable<Served> serve_kernel(asio::io_context& io, const Config& cfg, ExportRe
         spdlog::error("{}", dev.error().message);
         co_return Served{1, false};
     }
-    Server server(io, cfg, exports);
+    Server server(io, cfg, exports, metrics);
     bool ended = false;
     Notifier done;
     Negotiated n{exp, false, {}, tf};
@@ -204,6 +205,13 @@ awaitable<Served> serve_kernel(asio::io_context& io, const Config& cfg, ExportRe
 
 awaitable<int> serve(asio::io_context& io, const Config& cfg, Daemon& daemon,
                      std::optional<int> listen_fd) {
+    Metrics metrics(unix_time_now());
+    auto endpoint = start_metrics(io, metrics, cfg.metrics);  // stopped when serve() returns
+    if (!endpoint) {
+        spdlog::error("{}", endpoint.error().message);
+        co_return 1;
+    }
+    Metrics* const m = *endpoint ? &metrics : nullptr;
     auto disk = co_await open_configured(io.get_executor(), cfg);
     if (!disk) {
         spdlog::error("{}", disk.error().message);
@@ -213,9 +221,10 @@ awaitable<int> serve(asio::io_context& io, const Config& cfg, Daemon& daemon,
     ExportRegistry exports;
     exports.add(make_export(cfg, *disk));
     const std::shared_ptr<Export> exp = exports.find(cfg.export_name);
+    if (m) exp->metrics = &m->add_export(exp->name, exp->disk);
     Served s = cfg.connect_device.empty()
-                   ? co_await serve_network(io, cfg, exports, daemon, listen_fd, signals)
-                   : co_await serve_kernel(io, cfg, exports, exp, daemon, signals);
+                   ? co_await serve_network(io, cfg, exports, daemon, listen_fd, signals, m)
+                   : co_await serve_kernel(io, cfg, exports, exp, daemon, signals, m);
     if (auto r = co_await (*disk)->close(); !r) {
         spdlog::error("{}: closing the image failed: {}", cfg.image, r.error().message);
         s.rc = 1;

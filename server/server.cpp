@@ -79,8 +79,8 @@ class AcceptBackoff {
 
 }  // namespace
 
-Server::Server(asio::io_context& io, const Config& cfg, ExportRegistry& exports)
-    : io_(io), cfg_(cfg), exports_(exports) {}
+Server::Server(asio::io_context& io, const Config& cfg, ExportRegistry& exports, Metrics* metrics)
+    : io_(io), cfg_(cfg), exports_(exports), metrics_(metrics) {}
 
 ConnectionLimits Server::limits() const {
     ConnectionLimits l;
@@ -181,6 +181,7 @@ awaitable<void> Server::serve_client(std::unique_ptr<Transport> t) {
     connections_.insert(conn);
     ++clients_;
     ++served_;
+    if (metrics_) metrics_->connection_opened();
     // Also when run() throws: the client must not stay counted, or the server would never stop.
     struct Left {
         Server* s;
@@ -195,12 +196,20 @@ awaitable<void> Server::serve_client(std::unique_ptr<Transport> t) {
 void Server::client_left(const std::shared_ptr<Connection>& conn) {
     connections_.erase(conn);
     --clients_;
+    if (metrics_) metrics_->connection_closed();
     changed_.notify_all();
     if (!cfg_.persistent && clients_ == 0) stop(false);
 }
 
 awaitable<void> Server::run_attached(std::unique_ptr<Transport> t, Negotiated n) {
     auto conn = std::make_shared<Connection>(io_.get_executor(), std::move(t), exports_, limits());
+    struct Counted {
+        Metrics* m;
+        ~Counted() {
+            if (m) m->connection_closed();
+        }
+    } counted{metrics_};
+    if (metrics_) metrics_->connection_opened();
     co_await conn->serve(std::move(n));
 }
 

@@ -14,6 +14,7 @@
 #include "server/config.hpp"
 #include "server/connection.hpp"
 #include "server/export.hpp"
+#include "server/metrics.hpp"
 
 namespace qnbd::server {
 
@@ -28,7 +29,9 @@ struct Listener {
 /// Accepts clients for the exports of a registry until told to stop.
 class Server {
   public:
-    Server(asio::io_context& io, const Config& cfg, ExportRegistry& exports);
+    /// `metrics` (null without --metrics) counts the connections.
+    Server(asio::io_context& io, const Config& cfg, ExportRegistry& exports,
+           Metrics* metrics = nullptr);
     /// Binds the listening socket: the unix socket of -k, else TCP; errors name the address.
     Result<void> listen();
     /// Serves `fd`, an already listening TCP or unix socket (socket activation).
@@ -55,6 +58,7 @@ class Server {
     asio::io_context& io_;
     const Config& cfg_;
     ExportRegistry& exports_;
+    Metrics* metrics_;
     std::optional<Listener<asio::ip::tcp::acceptor>> tcp_;
     std::optional<Listener<asio::local::stream_protocol::acceptor>> unix_;
     size_t clients_ = 0;

@@ -101,6 +101,8 @@ awaitable<bool> Connection::read_request(Session& s, bool& stop) {
             spdlog::warn("{}: read failed: {}", peer(), ec.message());
         co_return false;
     }
+    // Latencies start here: the header is in, the payload (if any) not yet.
+    const auto received = neg_->exp->metrics ? RequestClock::now() : RequestClock::time_point{};
     auto r = decode_request(hb);
     if (!r) {
         spdlog::warn("{}: {}; closing the connection", peer(), r.error().message);
@@ -123,13 +125,13 @@ awaitable<bool> Connection::read_request(Session& s, bool& stop) {
     if (payload.size() && co_await rx_.read(*transport_, payload.span())) co_return false;
     if (!chk.ok()) {
         spdlog::warn("{}: {} refused: {}", peer(), command_name(r->type), chk.reason);
-        RequestHandler h(*this, *r);
+        RequestHandler h(*this, *r, received);
         co_await h.reply_error(chk.error, std::string(chk.reason));
         co_return !broken_;
     }
     ++in_flight_;
     in_flight_bytes_ += bytes;
-    asio::co_spawn(ex_, handle(*r, std::move(payload)),
+    asio::co_spawn(ex_, handle(*r, std::move(payload), received),
                    [self = shared_from_this(), bytes](std::exception_ptr e) {
                        if (e)
                            spdlog::error("{}: request failed with an internal error: {}",
@@ -153,8 +155,8 @@ awaitable<void> Connection::transmission(Negotiated n) {
     transport_->close();
 }
 
-awaitable<void> Connection::handle(Request r, Buffer payload) {
-    RequestHandler h(*this, r);
+awaitable<void> Connection::handle(Request r, Buffer payload, RequestClock::time_point received) {
+    RequestHandler h(*this, r, received);
     co_await h.run(std::move(payload));
 }
 
