@@ -79,8 +79,8 @@ const std::map<std::string, DetectZeroes> kDetectZeroes = {
 
 /// Option values as typed, converted by finish_config with messages of qnbd's own.
 struct RawOptions {
-    std::string port = "10809", shared = "1", offset = "0", handshake = "10";
-    std::string cache = "writeback", discard = "ignore", detect = "off", cache_size;
+    std::string port = "10809", shared = "1", offset = "0", handshake = "10", reconnect = "0";
+    std::string cache, discard = "ignore", detect = "off", cache_size;  ///< cache: "" if not given
     bool disconnect = false, version = false;
 };
 
@@ -111,7 +111,8 @@ void add_image_options(CLI::App& app, Config& c, RawOptions& raw) {
     app.add_option("-f,--format", c.format, "image format: qcow2 or raw (default: qcow2 only)")
         ->check(CLI::IsMember({"qcow2", "raw"}));
     app.add_option("--cache", raw.cache,
-                   "none|writeback|writethrough|directsync|unsafe (default writeback)")
+                   "none|writeback|writethrough|directsync|unsafe (default writeback; "
+                   "writethrough with --reconnect-timeout)")
         ->check(CLI::IsMember({"none", "writeback", "writethrough", "directsync", "unsafe"}));
     app.add_flag_callback(
         "-n,--nocache", [&raw] { raw.cache = "none"; }, "same as --cache=none");
@@ -135,7 +136,14 @@ void add_image_options(CLI::App& app, Config& c, RawOptions& raw) {
 /// Processes: the kernel device, the background, logging.
 void add_process_options(CLI::App& app, Config& c, RawOptions& raw) {
     app.add_option("-c,--connect", c.connect_device,
-                   "attach the image to this kernel NBD device, then go to the background");
+                   "attach the image to this kernel NBD device (or 'auto': any free one, whose "
+                   "name is printed), then go to the background");
+    app.add_option("--reconnect-timeout", raw.reconnect,
+                   "with -c (netlink): if qnbd dies, the device waits this many seconds for a new "
+                   "'qnbd -c DEV IMAGE' to reattach it instead of failing I/O");
+    app.add_flag("--ioctl", c.use_ioctl,
+                 "with -c: attach with the NBD ioctls, as qemu-nbd does, even where the kernel's "
+                 "netlink interface exists");
     app.add_flag("-d,--disconnect", raw.disconnect,
                  "detach the kernel NBD device given as the argument");
     app.add_flag("--foreground", c.foreground, "with -c: stay in the foreground");
@@ -177,13 +185,36 @@ bool check_metrics(const Config& c) {
     return true;
 }
 
+/// Options of -c that do not go together; the message, or empty.
+std::string check_kernel_options(const Config& c) {
+    const bool any = c.connect_device == kAnyDevice;
+    if (c.connect_device.empty() && (c.reconnect_timeout_s || c.use_ioctl))
+        return c.use_ioctl ? "--ioctl needs -c" : "--reconnect-timeout needs -c";
+    if (c.use_ioctl && (any || c.reconnect_timeout_s))
+        return std::string(any ? "-c auto" : "--reconnect-timeout") +
+               " needs the netlink interface; it cannot be used with --ioctl";
+    if (c.reconnect_timeout_s && c.snapshot)
+        return "--reconnect-timeout cannot be used with -s: the overlay dies with the server";
+    return {};
+}
+
 Command finish_config(Config c, const RawOptions& raw) {
     if (!number("--port", raw.port, 0, 65535, c.port) ||
         !number("--shared", raw.shared, 0, UINT32_MAX, c.shared) ||
         !number("--offset", raw.offset, 0, UINT64_MAX, c.offset) ||
-        !number("--handshake-timeout", raw.handshake, 0, 86400 * 365, c.handshake_timeout_s))
+        !number("--handshake-timeout", raw.handshake, 0, 86400 * 365, c.handshake_timeout_s) ||
+        !number("--reconnect-timeout", raw.reconnect, 0, 86400 * 365, c.reconnect_timeout_s))
         return ExitNow{1};
-    c.cache = kCacheModes.at(raw.cache);
+    if (auto r = check_kernel_options(c); !r.empty()) {
+        std::fprintf(stderr, "qnbd: %s\n", r.c_str());
+        return ExitNow{1};
+    }
+    // A server that can be replaced after a crash acknowledges only durable writes: a write
+    // it acknowledged and then lost with its metadata cache would be missing from the image
+    // while the kernel, reattached to the next server, goes on as if it were there.
+    c.cache = kCacheModes.at(!raw.cache.empty()      ? raw.cache
+                             : c.reconnect_timeout_s ? "writethrough"
+                                                     : "writeback");
     c.discard = kDiscardModes.at(raw.discard);
     c.detect_zeroes = kDetectZeroes.at(raw.detect);
     if (!raw.cache_size.empty()) {

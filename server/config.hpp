@@ -15,6 +15,9 @@ enum class DetectZeroes { Off, On, Unmap };
 /// qemu's cache modes.
 enum class CacheMode { None, Writeback, Writethrough, Directsync, Unsafe };
 
+/// The -c spelling for "any free device" (the kernel picks it; netlink only).
+inline constexpr const char* kAnyDevice = "auto";
+
 /// Everything `qnbd IMAGE` was asked to do.
 struct Config {
     std::string image;
@@ -34,7 +37,7 @@ struct Config {
     DetectZeroes detect_zeroes = DetectZeroes::Off;
     bool allocation_depth = false;
     uint64_t offset = 0;         ///< Export the image from this byte offset on (-o).
-    std::string connect_device;  ///< -c /dev/nbdX.
+    std::string connect_device;  ///< -c /dev/nbdX, or kAnyDevice.
     bool foreground = false;     ///< --foreground: -c stays in the foreground.
     bool listen_given = false;   ///< -p, -b or -k was given (refused with socket activation).
     bool verbose = false;
@@ -44,6 +47,9 @@ struct Config {
     unsigned handshake_timeout_s = 10;
     bool snapshot = false;  ///< -s: writes go to a temporary overlay.
     std::string metrics;    ///< --metrics address (server/metrics_server.hpp); empty: none.
+    /// --reconnect-timeout: a netlink device waits this long for a new server (0: no wait).
+    unsigned reconnect_timeout_s = 0;
+    bool use_ioctl = false;  ///< --ioctl: attach with the NBD ioctls even where netlink exists.
 };
 
 /// Open options of the engine for a configuration.

@@ -16,10 +16,15 @@ namespace qnbd::server {
 
 /// What the kernel needs to know to attach a device.
 struct AttachParams {
-    std::string device;           ///< "/dev/nbdN".
+    std::string device;           ///< "/dev/nbdN"; empty: any free device (netlink only).
     uint64_t size = 0;            ///< Export size in bytes.
     uint16_t flags = 0;           ///< Transmission flags (read-only, flush, trim...).
     std::vector<int> kernel_fds;  ///< The kernel's ends of the socket pairs (one with ioctls).
+    /// Netlink only: how long the device waits for a new server once the connection is gone
+    /// (0: its I/O fails at once).
+    unsigned reconnect_timeout_s = 0;
+    /// Netlink only: names the image (sysfs "backend"); a reattach must name the same.
+    std::string backend;
 };
 
 /// A kernel NBD device attached by this process, served until it is disconnected.
@@ -39,6 +44,13 @@ class KernelDevice {
 /// Attaches through the NBD ioctls (NBD_SET_SOCK, then NBD_DO_IT on a thread of its own), as
 /// qemu-nbd does.
 Result<std::unique_ptr<KernelDevice>> attach_ioctl(const AttachParams& p);
+
+/// Attaches through the kernel's NBD netlink interface (kernel_netlink.cpp): NBD_CMD_CONNECT
+/// on the device of `p` or, when `p.device` is empty, on any free one the kernel picks. A
+/// device that is still configured but whose connections are dead (its server died) with the
+/// same backend and size is reattached instead (NBD_CMD_RECONFIGURE): its queued I/O goes on
+/// over the new socket. ENOENT when the kernel has no NBD netlink family.
+Result<std::unique_ptr<KernelDevice>> attach_netlink(const AttachParams& p);
 
 /// Waits until the kernel runs `device` (its sysfs pid attribute appears; gives up when `ended`
 /// turns true or after 10 s), then has it rescan its partitions. For KernelDevice::started().

@@ -8,9 +8,9 @@
 #include <optional>
 
 #include "qcow2/create.hpp"
+#include "server/attach.hpp"
 #include "server/cli.hpp"
 #include "server/daemon.hpp"
-#include "server/kernel.hpp"
 #include "server/logging.hpp"
 #include "server/serve.hpp"
 #include "server/spawn.hpp"
@@ -31,7 +31,7 @@ int run_create(const CreateCommand& c) {
 }
 
 int run_disconnect(const DisconnectCommand& d) {
-    if (auto r = kernel_disconnect(d.device); !r) {
+    if (auto r = detach_kernel(d.device); !r) {
         std::fprintf(stderr, "qnbd: %s\n", r.error().message.c_str());
         return 1;
     }

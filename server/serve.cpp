@@ -2,7 +2,6 @@
 #include "server/serve.hpp"
 
 #include <spdlog/spdlog.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <boost/asio/co_spawn.hpp>
@@ -14,6 +13,7 @@
 #include "disk/window_disk.hpp"
 #include "image/open.hpp"
 #include "qcow2/create.hpp"
+#include "server/attach.hpp"
 #include "server/kernel.hpp"
 #include "server/logging.hpp"
 #include "server/metrics_server.hpp"
@@ -159,40 +159,35 @@ awaitable<void> serve_device_connection(Server& server, std::unique_ptr<Transpor
 awaitable<Served> serve_kernel(asio::io_context& io, const Config& cfg, ExportRegistry& exports,
                                const std::shared_ptr<Export>& exp, Daemon& daemon,
                                ShutdownSignals& signals, Metrics* metrics) {
-    int sv[2];
-    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
-        spdlog::error("socketpair: {}", std::strerror(errno));
-        co_return Served{1, false};
-    }
-    LocalSocket sock(io);
-    sock.assign(asio::local::stream_protocol(), sv[0]);
     const uint16_t tf = nbd::transmission_flags(exp->features, false);
-    auto dev = attach_ioctl(AttachParams{cfg.connect_device, exp->disk->size(), tf, {sv[1]}});
-    ::close(sv[1]);  // the kernel holds its own reference now (or the attach failed)
-    if (!dev) {
-        spdlog::error("{}", dev.error().message);
+    auto att = attach_kernel(cfg, exp->disk->size(), tf);
+    if (!att) {
+        spdlog::error("{}", att.error().message);
         co_return Served{1, false};
     }
+    KernelDevice& device = *att->device;
+    LocalSocket sock(io);
+    sock.assign(asio::local::stream_protocol(), att->server_fd);
     Server server(io, cfg, exports, metrics);
     bool ended = false;
     Notifier done;
     Negotiated n{exp, false, {}, tf};
     std::unique_ptr<Transport> t =
-        std::make_unique<SocketTransport<LocalSocket>>(std::move(sock), cfg.connect_device);
+        std::make_unique<SocketTransport<LocalSocket>>(std::move(sock), device.name());
     asio::co_spawn(io, serve_device_connection(server, std::move(t), std::move(n), ended, done),
-                   log_if_thrown(cfg.connect_device));
-    KernelDevice& device = **dev;
+                   log_if_thrown(device.name()));
     signals.on_signal([&device](int sig) {
         spdlog::info("signal {} received; detaching {}", sig, device.name());
         device.disconnect();
     });
     int rc = 0;
-    if (auto s = co_await (*dev)->started(); !s) {
+    if (auto s = co_await device.started(); !s) {
         spdlog::error("{}", s.error().message);
-        (*dev)->disconnect();
+        device.disconnect();
         rc = 1;
-    } else if (!announce_ready(daemon, cfg, "attached to " + cfg.connect_device)) {
-        (*dev)->disconnect();
+    } else if (print_device(cfg, device);
+               !announce_ready(daemon, cfg, "attached to " + device.name())) {
+        device.disconnect();
         rc = 1;
     }
     while (!ended) co_await done.wait();
