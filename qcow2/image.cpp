@@ -99,6 +99,8 @@ awaitable<Result<std::shared_ptr<Qcow2Image>>> Qcow2Image::create(ImageParts par
         if (auto r = co_await img->rebuild_refcounts(); !r) co_return r.error();
         img->trim_tail_ = true;
         if (auto r = co_await img->flush(); !r) co_return r.error();
+    } else if (auto r = co_await img->check_file_tail(); !r) {
+        co_return r.error();
     }
     co_return img;
 }

@@ -69,4 +69,23 @@ awaitable<Result<void>> Qcow2Image::trim_preallocation() {
     co_return file_->truncate(used);
 }
 
+awaitable<Result<void>> Qcow2Image::check_file_tail() {
+    // A crash after clusters were reserved or allocated but before the dirty bit was durable
+    // leaves a clean image whose file runs past its last counted cluster. Those clusters are
+    // unused unless the image is damaged, so the references are counted again (as after a
+    // crash) before the tail is cut at close (R11).
+    if (data_file_) co_return ok();
+    const HostClusterIndex file_end = geo_.host_cluster_end(reserved_end_);
+    auto used = co_await refcounts_->used_end(file_end);
+    if (!used) co_return used.error();
+    if (*used == file_end) co_return ok();
+    spdlog::info(
+        "{}: the file runs {} bytes past its last used cluster (an interrupted "
+        "allocation); checking its references",
+        file_->path(), reserved_end_ - geo_.host_start_of(*used).value);
+    if (auto r = co_await rebuild_refcounts(); !r) co_return r;
+    trim_tail_ = true;
+    co_return co_await flush();
+}
+
 }  // namespace qnbd::qcow2

@@ -33,6 +33,24 @@ awaitable<Result<CacheRef>> Refcounts::block_for(HostClusterIndex c, bool create
     co_return co_await cache_.get(HostOffset{table_[b]});
 }
 
+awaitable<Result<HostClusterIndex>> Refcounts::used_end(HostClusterIndex end) {
+    uint64_t c = end.value;
+    while (c > 0) {
+        const uint64_t b = block_of(HostClusterIndex{c - 1});
+        const uint64_t first = first_of_block(b).value;
+        if (!has_block(b)) {
+            c = first;
+            continue;
+        }
+        auto block = co_await cache_.get(HostOffset{table_[b]});
+        if (!block) co_return block.error();
+        for (; c > first; --c)
+            if (get_refcount((*block)->data.data(), (c - 1) % per_block_, order_) != 0)
+                co_return HostClusterIndex{c};
+    }
+    co_return HostClusterIndex{0};
+}
+
 awaitable<Result<uint64_t>> Refcounts::get(HostClusterIndex c) {
     auto b = co_await block_for(c, false);
     if (!b) co_return b.error();

@@ -99,6 +99,9 @@ class Refcounts {
 
     /// One past the highest cluster known to be in use or allocated.
     HostClusterIndex end_cluster() const { return end_cluster_; }
+    /// One past the last cluster below `end` whose refcount is not zero (0 if none): scans
+    /// the refcount blocks backwards from `end`.
+    awaitable<Result<HostClusterIndex>> used_end(HostClusterIndex end);
     RefTableLocation location() const { return loc_; }
     /// The refcount table: host offsets of the refcount blocks (0: none).
     const std::vector<uint64_t>& table() const { return table_; }

@@ -16,9 +16,9 @@ namespace qnbd::test {
 /// A fresh directory under /tmp, removed with everything in it when destroyed.
 class TempDir {
   public:
-    /// Creates the directory.
-    TempDir() {
-        std::string tmpl = (std::filesystem::temp_directory_path() / "qnbd-test-XXXXXX").string();
+    /// Creates the directory (under `parent`, the system's temporary directory by default).
+    explicit TempDir(std::filesystem::path parent = std::filesystem::temp_directory_path()) {
+        std::string tmpl = (parent / "qnbd-test-XXXXXX").string();
         if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
         path_ = tmpl;
     }

@@ -84,6 +84,7 @@ struct OpRecord {
     bool injected = false;        ///< Failed by fault injection (not forwarded).
     bool held = false;            ///< Kept waiting by a Hold before it was forwarded.
     std::vector<std::byte> data;  ///< Bytes written, when OpLog::set_record_data(true).
+    io::Fallocate mode = io::Fallocate::PunchHole;  ///< What a fallocate did.
 
     /// The first byte after the range.
     uint64_t end() const { return offset + length; }
@@ -279,11 +280,13 @@ class OpLog {
 
     /// Records the start of an operation; returns its index and the errno to inject (0: none).
     std::pair<size_t, int> begin(OpKind kind, const std::string& path, uint64_t off, uint64_t len,
-                                 std::span<const iovec> payload = {}) {
+                                 std::span<const iovec> payload = {},
+                                 io::Fallocate mode = io::Fallocate::PunchHole) {
         std::lock_guard g(mu_);
         OpRecord r;
         r.seq = ++clock_;
         r.kind = kind;
+        r.mode = mode;
         r.path = path;
         r.offset = off;
         r.length = len;
@@ -409,7 +412,7 @@ class RecordingFile final : public io::File {
     }
 
     awaitable<Result<void>> fallocate(io::Fallocate mode, HostOffset off, uint64_t len) override {
-        auto [i, err] = log_->begin(OpKind::Fallocate, path(), off.value, len);
+        auto [i, err] = log_->begin(OpKind::Fallocate, path(), off.value, len, {}, mode);
         if (err) co_return co_await fail_later(err, "fallocate", off.value);
         co_await log_->pass(i);
         co_return finish(i, co_await inner_->fallocate(mode, off, len));
