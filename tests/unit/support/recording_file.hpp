@@ -183,10 +183,17 @@ class OpLog {
         writes_left_ = n;
         writes_err_ = err;
     }
+    /// Operations matching `match` fail with `err`: the first one only, or with `persistent`
+    /// every one until clear_faults().
+    void fail_matching(OpMatch match, int err, bool persistent) {
+        std::lock_guard g(mu_);
+        matching_.push_back(MatchFault{std::move(match), err, persistent});
+    }
     /// Disarms every fault.
     void clear_faults() {
         std::lock_guard g(mu_);
         nth_.clear();
+        matching_.clear();
         writes_err_ = 0;
     }
 
@@ -296,7 +303,7 @@ class OpLog {
                 r.data.insert(r.data.end(), p, p + v.iov_len);
             }
         }
-        const int err = fault_for(kind);
+        const int err = fault_for(r);
         if (err) {
             r.error = err;
             r.injected = true;
@@ -343,9 +350,26 @@ class OpLog {
         int err;
     };
 
-    /// The errno to inject into the next operation of `kind` (0: none); counts it down.
-    int fault_for(OpKind kind) {
+    struct MatchFault {
+        OpMatch match;
+        int err;
+        bool persistent;
+    };
+
+    /// The errno to inject into operation `r` (0: none); counts the faults down.
+    int fault_for(const OpRecord& r) {
+        const OpKind kind = r.kind;
         int err = 0;
+        for (auto it = matching_.begin(); it != matching_.end();) {
+            if (!it->match(r)) {
+                ++it;
+                continue;
+            }
+            err = it->err;
+            if (it->persistent) return err;
+            matching_.erase(it);
+            return err;
+        }
         for (auto it = nth_.begin(); it != nth_.end();) {
             if (it->kind == kind && --it->left == 0) {
                 if (!err) err = it->err;
@@ -366,6 +390,7 @@ class OpLog {
     uint64_t clock_ = 0;
     bool record_data_ = false;
     std::vector<NthFault> nth_;
+    std::vector<MatchFault> matching_;
     uint64_t writes_left_ = 0;
     int writes_err_ = 0;
     std::vector<std::shared_ptr<HoldState>> holds_;
