@@ -81,12 +81,7 @@ Qcow2Image::Qcow2Image(ImageParts p)
 
 void Qcow2Image::map_metadata() {
     const uint64_t cs = geo_.cluster_size();
-    meta_.add(HostOffset{0}, cs);
-    meta_.add(header_.l1_table_offset, uint64_t{header_.l1_size} * 8);
-    meta_.add(header_.refcount_table_offset,
-              geo_.bytes(ClusterCount{header_.refcount_table_clusters}));
-    for (uint64_t b : refcounts_->table())
-        if (b) meta_.add(HostOffset{b}, cs);
+    each_fixed_metadata([this](HostOffset off, uint64_t len) { meta_.add(off, len); });
     for (uint64_t e : l1_)
         if (e & kOffsetMask) meta_.add(HostOffset{e & kOffsetMask}, cs);
 }

@@ -179,6 +179,18 @@ class Qcow2Image final : public Disk, public std::enable_shared_from_this<Qcow2I
     /// every later write fails with EIO. Returns the error for the request that found it.
     awaitable<Error> signal_corruption(std::string what);
     void map_metadata();
+    /// Calls `add(offset, length)` for the header cluster, the L1 table, the refcount table
+    /// and every refcount block: the metadata whose place the header and tables give.
+    template <class F>
+    void each_fixed_metadata(F add) const {
+        const uint64_t cs = geo_.cluster_size();
+        add(HostOffset{0}, cs);
+        add(header_.l1_table_offset, uint64_t{header_.l1_size} * 8);
+        add(header_.refcount_table_offset,
+            geo_.bytes(ClusterCount{header_.refcount_table_clusters}));
+        for (uint64_t b : refcounts_->table())
+            if (b) add(HostOffset{b}, cs);
+    }
 
     // Write-zeroes and discard (image_zero.cpp).
     awaitable<Result<void>> zero_cluster(ClusterIndex c, uint64_t start, uint64_t len,

@@ -24,14 +24,8 @@ class RefCounter {
 };
 
 awaitable<Result<void>> Qcow2Image::rebuild_refcounts() {
-    const uint64_t cs = geo_.cluster_size();
     RefCounter rc(geo_);
-    rc.add(HostOffset{0}, cs);
-    rc.add(header_.l1_table_offset, uint64_t{header_.l1_size} * 8);
-    rc.add(header_.refcount_table_offset,
-           geo_.bytes(ClusterCount{header_.refcount_table_clusters}));
-    for (uint64_t b : refcounts_->table())
-        if (b) rc.add(HostOffset{b}, cs);
+    each_fixed_metadata([&rc](HostOffset off, uint64_t len) { rc.add(off, len); });
     for (uint64_t l1i = 0; l1i < l1_.size(); ++l1i)
         if (auto r = co_await count_l2_references(l1i, rc); !r) co_return r;
     co_return co_await refcounts_->reconcile(rc.counts());

@@ -34,6 +34,8 @@ class Negotiation {
     awaitable<Next> option(const OptionHeader& h, Bytes payload);
     awaitable<Next> export_name(Bytes payload);
     awaitable<Next> info(uint32_t option, Bytes payload);
+    /// Logs and refuses a request for an export that does not exist.
+    awaitable<Next> unknown_export(uint32_t option, const std::string& name);
     awaitable<Next> meta_context(uint32_t option, Bytes payload);
     awaitable<Next> list(Bytes payload);
     uint16_t flags_for(const Export& e) const {
@@ -151,18 +153,19 @@ awaitable<Negotiation::Next> Negotiation::list(Bytes payload) {
     co_return co_await send(encode_rep_ack(NBD_OPT_LIST)) ? Next::Continue : Next::Close;
 }
 
+awaitable<Negotiation::Next> Negotiation::unknown_export(uint32_t option, const std::string& name) {
+    spdlog::info("{}: client asked for unknown export '{}'", c_.peer(), printable(name));
+    const std::string msg = "no export named '" + name + "'";
+    co_return co_await reply_error(option, NBD_REP_ERR_UNKNOWN, msg) ? Next::Continue : Next::Close;
+}
+
 awaitable<Negotiation::Next> Negotiation::info(uint32_t option, Bytes payload) {
     auto d = decode_info_request(payload);
     if (!d)
         co_return co_await reply_error(option, d.error().reply, d.error().message) ? Next::Continue
                                                                                    : Next::Close;
     auto e = c_.exports_.find(d->name);
-    if (!e) {
-        spdlog::info("{}: client asked for unknown export '{}'", c_.peer(), printable(d->name));
-        std::string msg = "no export named '" + d->name + "'";
-        co_return co_await reply_error(option, NBD_REP_ERR_UNKNOWN, msg) ? Next::Continue
-                                                                         : Next::Close;
-    }
+    if (!e) co_return co_await unknown_export(option, d->name);
     const uint16_t tf = flags_for(*e);
     std::vector<ByteVector> replies;
     replies.push_back(encode_info_export(option, e->disk->size(), tf));
@@ -190,12 +193,7 @@ awaitable<Negotiation::Next> Negotiation::meta_context(uint32_t option, Bytes pa
             ? Next::Continue
             : Next::Close;
     auto e = c_.exports_.find(d->name);
-    if (!e) {
-        spdlog::info("{}: client asked for unknown export '{}'", c_.peer(), printable(d->name));
-        std::string msg = "no export named '" + d->name + "'";
-        co_return co_await reply_error(option, NBD_REP_ERR_UNKNOWN, msg) ? Next::Continue
-                                                                         : Next::Close;
-    }
+    if (!e) co_return co_await unknown_export(option, d->name);
     const bool set = option == NBD_OPT_SET_META_CONTEXT;
     MetaContextSet chosen = set ? match_set_queries(d->queries, e->contexts)
                                 : match_list_queries(d->queries, e->contexts);
