@@ -8,6 +8,7 @@
 
 #include "base/buffer.hpp"
 #include "disk/raw_disk.hpp"
+#include "io/sync_latch.hpp"
 #include "qcow2/image.hpp"
 
 namespace qnbd {
@@ -208,6 +209,7 @@ awaitable<Result<std::shared_ptr<Disk>>> open_disk(asio::any_io_executor ex, std
     if (!opts.format.empty() && opts.format != "qcow2" && opts.format != "raw")
         co_return Error{EINVAL, "unsupported format '" + opts.format + "' (qcow2 or raw)"};
     if (!opts.file_opener) opts.file_opener = io::open_file;
+    opts.file_opener = io::latching_opener(std::move(opts.file_opener));  // R18
     Chain chain;
     co_return co_await open_layer(ex, path, opts, chain);
 }
