@@ -140,6 +140,13 @@ Error device_error(const std::string& device, int err) {
 Result<std::unique_ptr<KernelDevice>> attach_ioctl(const AttachParams& p) {
     int fd = ::open(p.device.c_str(), O_RDWR | O_CLOEXEC);
     if (fd < 0) return device_error(p.device, errno);
+    // A device that runs has a server; so has, as far as the kernel is concerned, one whose
+    // server died while the device was held open (a mounted file system): it keeps running until
+    // it is closed, and would take our socket, then refuse NBD_DO_IT.
+    if (running(p.device)) {
+        ::close(fd);
+        return Error{EBUSY, p.device + " is already in use"};
+    }
     auto dev = std::make_unique<IoctlDevice>(p.device, fd);
     if (auto r = dev->configure(p); !r) return r.error();
     dev->start();

@@ -96,3 +96,34 @@ ext4_roundtrip() {
     run umount /mnt
     drop_caches "$dev"
 }
+
+# qnbd_guest_logging: syslog to /tmp/syslog (an attached qnbd logs there once its stderr is
+# /dev/null) and sanitizer reports to /tmp/asan.PID.
+qnbd_guest_logging() {
+    syslogd -O /tmp/syslog 2>/dev/null || true
+    export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}log_path=/tmp/asan"
+}
+
+# qnbd_log_errors FILE...: prints the first line of a sanitizer report or of an error qnbd
+# logged in the files, /tmp/syslog and /tmp/asan.*; nothing if there is none.
+qnbd_log_errors() {
+    cat "$@" /tmp/syslog /tmp/asan.* 2>/dev/null |
+        grep -m1 -E 'SUMMARY: |ERROR: |runtime error:|internal error|critical|terminate called|daemon\.(err|crit)|qnbd\[[0-9]+\] (error|critical):' || true
+}
+
+# wait_pid_gone PID [SECS=10]: waits for process PID to exit; fails after SECS, with the state
+# and kernel stack of each of its threads.
+wait_pid_gone() {
+    i=0
+    while kill -0 "$1" 2>/dev/null; do
+        i=$((i + 1))
+        if [ $i -gt $((${2:-10} * 10)) ]; then
+            for t in /proc/"$1"/task/*; do
+                echo "thread ${t##*/}: $(cut -d' ' -f2-3 "$t/stat" 2>/dev/null) in $(cat "$t/wchan" 2>/dev/null)"
+                cat "$t/stack" 2>/dev/null
+            done
+            die "process $1 still running after ${2:-10} s"
+        fi
+        sleep 0.1
+    done
+}
