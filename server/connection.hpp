@@ -15,6 +15,7 @@
 #include "protocol/meta_context.hpp"
 #include "protocol/validate.hpp"
 #include "server/export.hpp"
+#include "server/log_limit.hpp"
 #include "server/transport.hpp"
 
 namespace qnbd::server {
@@ -79,11 +80,17 @@ class Connection : public std::enable_shared_from_this<Connection> {
     awaitable<void> handle(nbd::Request r, Buffer payload,
                            std::chrono::steady_clock::time_point received);
     void finish_request(uint64_t bytes);
+    /// Logs "PEER: MESSAGE" within the connection's log limit (server/log_limit.hpp).
+    template <class... Args>
+    void log(spdlog::level::level_enum level, fmt::format_string<Args...> f, Args&&... args) {
+        log_.log(level, peer(), f, std::forward<Args>(args)...);
+    }
 
     asio::any_io_executor ex_;
     std::unique_ptr<Transport> transport_;
     const ExportRegistry& exports_;
     ConnectionLimits limits_;
+    ConnectionLog log_;                  ///< Warnings this client causes, rate limited.
     ReceiveBuffer rx_;                   ///< Transmission-phase input.
     std::vector<QueuedReply*> replies_;  ///< Replies waiting for the writer, in order.
     bool writing_ = false;               ///< A send() is writing replies out.

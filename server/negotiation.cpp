@@ -56,7 +56,7 @@ awaitable<std::optional<Negotiated>> Negotiation::run() {
     if (co_await c_.transport_->read(cf)) co_return std::nullopt;
     auto flags = decode_client_flags(cf);
     if (!flags) {
-        spdlog::warn("{}: bad client flags: {}", c_.peer(), flags.error().message);
+        c_.log(spdlog::level::warn, "bad client flags: {}", flags.error().message);
         co_return std::nullopt;
     }
     no_zeroes_ = flags->no_zeroes;
@@ -65,12 +65,12 @@ awaitable<std::optional<Negotiated>> Negotiation::run() {
         if (co_await c_.transport_->read(hb)) co_return std::nullopt;
         auto h = decode_option_header(hb);
         if (!h) {
-            spdlog::warn("{}: bad option header: {}", c_.peer(), h.error().message);
+            c_.log(spdlog::level::warn, "bad option header: {}", h.error().message);
             co_return std::nullopt;
         }
         auto plan = plan_option_payload(*h);
         if (plan.action == PayloadAction::Disconnect) {
-            spdlog::warn("{}: option {} refused: {}", c_.peer(), h->option, plan.reason);
+            c_.log(spdlog::level::warn, "option {} refused: {}", h->option, plan.reason);
             co_return std::nullopt;
         }
         std::vector<std::byte> payload(h->length);
@@ -124,12 +124,12 @@ awaitable<Negotiation::Next> Negotiation::option(const OptionHeader& h, Bytes pa
 awaitable<Negotiation::Next> Negotiation::export_name(Bytes payload) {
     auto d = decode_export_name(payload);
     if (!d) {
-        spdlog::warn("{}: bad NBD_OPT_EXPORT_NAME: {}", c_.peer(), d.error().message);
+        c_.log(spdlog::level::warn, "bad NBD_OPT_EXPORT_NAME: {}", d.error().message);
         co_return Next::Close;
     }
     auto e = c_.exports_.find(d->name);
     if (!e) {
-        spdlog::warn("{}: client asked for unknown export '{}'", c_.peer(), printable(d->name));
+        c_.log(spdlog::level::warn, "client asked for unknown export '{}'", printable(d->name));
         co_return Next::Close;
     }
     const uint16_t tf = flags_for(*e);
@@ -158,7 +158,7 @@ awaitable<Negotiation::Next> Negotiation::info(uint32_t option, Bytes payload) {
                                                                                    : Next::Close;
     auto e = c_.exports_.find(d->name);
     if (!e) {
-        spdlog::info("{}: client asked for unknown export '{}'", c_.peer(), printable(d->name));
+        c_.log(spdlog::level::info, "client asked for unknown export '{}'", printable(d->name));
         std::string msg = "no export named '" + d->name + "'";
         co_return co_await reply_error(option, NBD_REP_ERR_UNKNOWN, msg) ? Next::Continue
                                                                          : Next::Close;
@@ -191,7 +191,7 @@ awaitable<Negotiation::Next> Negotiation::meta_context(uint32_t option, Bytes pa
             : Next::Close;
     auto e = c_.exports_.find(d->name);
     if (!e) {
-        spdlog::info("{}: client asked for unknown export '{}'", c_.peer(), printable(d->name));
+        c_.log(spdlog::level::info, "client asked for unknown export '{}'", printable(d->name));
         std::string msg = "no export named '" + d->name + "'";
         co_return co_await reply_error(option, NBD_REP_ERR_UNKNOWN, msg) ? Next::Continue
                                                                          : Next::Close;
@@ -223,8 +223,8 @@ awaitable<std::optional<Negotiated>> Connection::negotiate() {
     auto r = co_await n.run();
     timer.cancel();
     if (*timed_out)
-        spdlog::warn("{}: handshake not finished within {} s; connection dropped", peer(),
-                     limits_.handshake_timeout_s);
+        log(spdlog::level::warn, "handshake not finished within {} s; connection dropped",
+            limits_.handshake_timeout_s);
     co_return r;
 }
 

@@ -22,6 +22,7 @@ awaitable<void> Connection::run() {
     auto n = co_await negotiate();
     if (!n) {
         transport_->close();
+        log_.finish(peer());
         co_return;
     }
     co_await serve(std::move(*n));
@@ -32,6 +33,7 @@ awaitable<void> Connection::serve(Negotiated n) {
                  n.structured ? " with structured replies" : "");
     neg_ = std::move(n);
     co_await transmission(*neg_);
+    log_.finish(peer());
 }
 
 awaitable<error_code> ReceiveBuffer::read(Transport& t, std::span<std::byte> out) {
@@ -98,14 +100,14 @@ awaitable<bool> Connection::read_request(Session& s, bool& stop) {
     std::array<std::byte, kRequestHeaderSize> hb;
     if (auto ec = co_await rx_.read(*transport_, hb); ec) {
         if (ec != asio::error::eof && !broken_ && !closing_)
-            spdlog::warn("{}: read failed: {}", peer(), ec.message());
+            log(spdlog::level::warn, "read failed: {}", ec.message());
         co_return false;
     }
     // Latencies start here: the header is in, the payload (if any) not yet.
     const auto received = neg_->exp->metrics ? RequestClock::now() : RequestClock::time_point{};
     auto r = decode_request(hb);
     if (!r) {
-        spdlog::warn("{}: {}; closing the connection", peer(), r.error().message);
+        log(spdlog::level::warn, "{}; closing the connection", r.error().message);
         co_return false;
     }
     const RequestCheck chk = check_request(*r, s);
@@ -124,7 +126,7 @@ awaitable<bool> Connection::read_request(Session& s, bool& stop) {
     Buffer payload = Buffer::uninitialized(chk.payload_length);
     if (payload.size() && co_await rx_.read(*transport_, payload.span())) co_return false;
     if (!chk.ok()) {
-        spdlog::warn("{}: {} refused: {}", peer(), command_name(r->type), chk.reason);
+        log(spdlog::level::warn, "{} refused: {}", command_name(r->type), chk.reason);
         RequestHandler h(*this, *r, received);
         co_await h.reply_error(chk.error, std::string(chk.reason));
         co_return !broken_;
@@ -134,8 +136,9 @@ awaitable<bool> Connection::read_request(Session& s, bool& stop) {
     asio::co_spawn(ex_, handle(*r, std::move(payload), received),
                    [self = shared_from_this(), bytes](std::exception_ptr e) {
                        if (e)
-                           spdlog::error("{}: request failed with an internal error: {}",
-                                         self->peer(), exception_message(e));
+                           self->log(spdlog::level::err,
+                                     "request failed with an internal error: {}",
+                                     exception_message(e));
                        self->finish_request(bytes);
                    });
     co_return !broken_;
