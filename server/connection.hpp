@@ -42,7 +42,8 @@ class ReceiveBuffer {
     awaitable<error_code> read(Transport& t, std::span<std::byte> out);
 
   private:
-    std::vector<std::byte> buf_ = std::vector<std::byte>(64 * 1024);
+    static constexpr size_t kSize = 64 * 1024;
+    std::vector<std::byte> buf_;  ///< kSize bytes once the first request is read.
     size_t begin_ = 0, end_ = 0;
 };
 

@@ -31,6 +31,7 @@ class Negotiation {
         spdlog::debug("{}: option {} refused: {}", c_.peer(), option, msg);
         co_return co_await send(encode_rep_error(option, err, msg));
     }
+    awaitable<bool> read_payload(uint32_t length, std::vector<std::byte>* out);
     awaitable<Next> option(const OptionHeader& h, Bytes payload);
     awaitable<Next> export_name(Bytes payload);
     awaitable<Next> info(uint32_t option, Bytes payload);
@@ -73,10 +74,11 @@ awaitable<std::optional<Negotiated>> Negotiation::run() {
             c_.log(spdlog::level::warn, "option {} refused: {}", h->option, plan.reason);
             co_return std::nullopt;
         }
-        std::vector<std::byte> payload(h->length);
-        if (h->length && co_await c_.transport_->read(payload)) co_return std::nullopt;
+        std::vector<std::byte> payload;
+        const bool keep = plan.action != PayloadAction::Discard;
+        if (!co_await read_payload(h->length, keep ? &payload : nullptr)) co_return std::nullopt;
         Next next = Next::Continue;
-        if (plan.action == PayloadAction::Discard) {
+        if (!keep) {
             if (!co_await reply_error(h->option, plan.reply, plan.reason)) next = Next::Close;
         } else {
             next = co_await option(*h, payload);
@@ -84,6 +86,26 @@ awaitable<std::optional<Negotiated>> Negotiation::run() {
         if (next == Next::Close) co_return std::nullopt;
         if (next == Next::Done) co_return result_;
     }
+}
+
+// An option's payload, into `out` or (null) discarded. Memory follows the bytes that arrived,
+// not the length announced: a client announcing megabytes and sending nothing costs nothing.
+awaitable<bool> Negotiation::read_payload(uint32_t length, std::vector<std::byte>* out) {
+    constexpr size_t kChunk = 16 * 1024;
+    std::vector<std::byte> scratch(out ? 0 : std::min<size_t>(length, kChunk));
+    for (size_t done = 0; done < length;) {
+        const size_t n = std::min<size_t>(length - done, kChunk);
+        std::span<std::byte> into;
+        if (out) {
+            out->resize(done + n);
+            into = std::span(*out).subspan(done, n);
+        } else {
+            into = std::span(scratch).first(n);
+        }
+        if (co_await c_.transport_->read(into)) co_return false;
+        done += n;
+    }
+    co_return true;
 }
 
 awaitable<Negotiation::Next> Negotiation::option(const OptionHeader& h, Bytes payload) {

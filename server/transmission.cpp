@@ -39,12 +39,13 @@ awaitable<void> Connection::serve(Negotiated n) {
 awaitable<error_code> ReceiveBuffer::read(Transport& t, std::span<std::byte> out) {
     for (;;) {
         const size_t n = std::min(out.size(), end_ - begin_);
-        std::memcpy(out.data(), buf_.data() + begin_, n);
+        if (n) std::memcpy(out.data(), buf_.data() + begin_, n);
         begin_ += n;
         out = out.subspan(n);
         if (out.empty()) co_return error_code{};
         begin_ = end_ = 0;
-        if (out.size() >= buf_.size() / 2) co_return co_await t.read(out);
+        if (out.size() >= kSize / 2) co_return co_await t.read(out);
+        if (buf_.empty()) buf_.resize(kSize);
         auto [ec, got] = co_await t.read_some(buf_);
         if (ec) co_return ec;
         end_ = got;
@@ -112,7 +113,12 @@ awaitable<bool> Connection::read_request(Session& s, bool& stop) {
     }
     const RequestCheck chk = check_request(*r, s);
     if (chk.disconnect) {
-        spdlog::warn("{}: {}; closing the connection", peer(), chk.reason);
+        // The payload is not read (more than the 32 MiB the spec asks servers to accept): the
+        // client gets NBD_EINVAL for the request, as from qemu-nbd, and the connection closes.
+        log(spdlog::level::warn, "{}; closing the connection", chk.reason);
+        RequestHandler h(*this, *r, received);
+        const std::string why(chk.reason);
+        co_await h.reply_error(chk.error, why);
         co_return false;
     }
     if (r->type == NBD_CMD_DISC) {
