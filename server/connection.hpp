@@ -4,6 +4,7 @@
 
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <chrono>
 #include <memory>
 #include <optional>
@@ -65,11 +66,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
     /// Transmission only, for a socket already negotiated (the kernel client's).
     awaitable<void> serve(Negotiated n);
     const std::string& peer() const { return transport_->peer(); }
-    /// Closes the stream: the reader stops, in-flight requests finish, then run() returns.
-    void shutdown() {
-        closing_ = true;
-        transport_->close();
-    }
+    /// The server is stopping: no more requests are read, the ones in flight finish and their
+    /// replies are sent (as the NBD spec asks), then the connection closes; a client that does
+    /// not take its replies within `kShutdownGrace` is closed anyway. run() then returns.
+    void shutdown();
+    static constexpr std::chrono::seconds kShutdownGrace{5};
 
   private:
     friend class Negotiation;
@@ -101,6 +102,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
     Notifier request_done_;
     bool broken_ = false;   ///< A reply could not be written: stop reading.
     bool closing_ = false;  ///< shutdown() was called: reads failing now are expected.
+    /// Closes the stream kShutdownGrace after shutdown().
+    std::optional<asio::steady_timer> grace_;
 };
 
 }  // namespace qnbd::server

@@ -22,6 +22,7 @@ awaitable<void> Connection::run() {
     auto n = co_await negotiate();
     if (!n) {
         transport_->close();
+        if (grace_) grace_->cancel();
         log_.finish(peer());
         co_return;
     }
@@ -34,6 +35,20 @@ awaitable<void> Connection::serve(Negotiated n) {
     neg_ = std::move(n);
     co_await transmission(*neg_);
     log_.finish(peer());
+}
+
+void Connection::shutdown() {
+    if (closing_) return;
+    closing_ = true;
+    transport_->shutdown_read();
+    grace_.emplace(ex_, kShutdownGrace);
+    grace_->async_wait([weak = weak_from_this()](error_code ec) {
+        auto self = weak.lock();
+        if (ec || !self) return;
+        self->log(spdlog::level::warn, "replies not taken within {} s of the shutdown; closing",
+                  kShutdownGrace.count());
+        self->transport_->close();
+    });
 }
 
 awaitable<error_code> ReceiveBuffer::read(Transport& t, std::span<std::byte> out) {
@@ -158,10 +173,11 @@ awaitable<void> Connection::transmission(Negotiated n) {
     s.meta_contexts = static_cast<uint32_t>(n.contexts.size());
     for (;;) {
         bool stop = false;
-        if (!co_await read_request(s, stop) || stop) break;
+        if (!co_await read_request(s, stop) || stop || closing_) break;
     }
     while (in_flight_) co_await request_done_.wait();
     transport_->close();
+    if (grace_) grace_->cancel();
 }
 
 awaitable<void> Connection::handle(Request r, Buffer payload, RequestClock::time_point received) {
