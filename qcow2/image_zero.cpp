@@ -4,19 +4,26 @@
 
 namespace qnbd::qcow2 {
 
+namespace {
+
+/// Clusters of one zero or discard request in flight at once. A request may cover 4 GiB
+/// (65,536 clusters of 64 KiB, a million of 4 KiB): one coroutine per cluster for all of them
+/// at once would cost hundreds of MiB for a single request.
+constexpr uint64_t kClustersAtOnce = 256;
+
+}  // namespace
+
 awaitable<Result<void>> Qcow2Image::write_zeroes(GuestOffset off, uint64_t len, ZeroFlags flags) {
     if (auto r = co_await check_writable(off, len); !r) co_return r;
-    JoinSet join(ex_);
-    bool any = false;
     for (GuestOffset pos = off; pos < off + len;) {
-        const ClusterIndex c = geo_.cluster_of(pos);
-        const uint64_t start = geo_.offset_in_cluster(pos);
-        const uint64_t n = std::min<uint64_t>(geo_.cluster_size() - start, off + len - pos);
-        join.spawn(zero_cluster(c, start, n, flags));
-        any = true;
-        pos += n;
-    }
-    if (any) {
+        JoinSet join(ex_);
+        for (uint64_t k = 0; k < kClustersAtOnce && pos < off + len; ++k) {
+            const ClusterIndex c = geo_.cluster_of(pos);
+            const uint64_t start = geo_.offset_in_cluster(pos);
+            const uint64_t n = std::min<uint64_t>(geo_.cluster_size() - start, off + len - pos);
+            join.spawn(zero_cluster(c, start, n, flags));
+            pos += n;
+        }
         auto r = co_await join.wait();
         data_written_ = true;
         if (!r) co_return r;
@@ -88,9 +95,10 @@ awaitable<Result<void>> Qcow2Image::discard(GuestOffset off, uint64_t len, Write
     uint64_t first = (off.value + cs - 1) / cs;
     uint64_t last = (off.value + len) / cs;  // exclusive
     if (off.value + len == header_.size) last = (header_.size + cs - 1) / cs;
-    JoinSet join(ex_);
-    for (uint64_t c = first; c < last; ++c) join.spawn(discard_cluster(ClusterIndex{c}));
-    if (first < last) {
+    for (uint64_t c = first; c < last;) {
+        JoinSet join(ex_);
+        for (const uint64_t end = std::min(last, c + kClustersAtOnce); c < end; ++c)
+            join.spawn(discard_cluster(ClusterIndex{c}));
         auto r = co_await join.wait();
         if (!r) co_return r;
     }

@@ -4,6 +4,7 @@
 
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <chrono>
 #include <memory>
 #include <optional>
@@ -15,6 +16,7 @@
 #include "protocol/meta_context.hpp"
 #include "protocol/validate.hpp"
 #include "server/export.hpp"
+#include "server/log_limit.hpp"
 #include "server/transport.hpp"
 
 namespace qnbd::server {
@@ -41,7 +43,8 @@ class ReceiveBuffer {
     awaitable<error_code> read(Transport& t, std::span<std::byte> out);
 
   private:
-    std::vector<std::byte> buf_ = std::vector<std::byte>(64 * 1024);
+    static constexpr size_t kSize = 64 * 1024;
+    std::vector<std::byte> buf_;  ///< kSize bytes once the first request is read.
     size_t begin_ = 0, end_ = 0;
 };
 
@@ -63,11 +66,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
     /// Transmission only, for a socket already negotiated (the kernel client's).
     awaitable<void> serve(Negotiated n);
     const std::string& peer() const { return transport_->peer(); }
-    /// Closes the stream: the reader stops, in-flight requests finish, then run() returns.
-    void shutdown() {
-        closing_ = true;
-        transport_->close();
-    }
+    /// The server is stopping: no more requests are read, the ones in flight finish and their
+    /// replies are sent (as the NBD spec asks), then the connection closes; a client that does
+    /// not take its replies within `kShutdownGrace` is closed anyway. run() then returns.
+    void shutdown();
+    static constexpr std::chrono::seconds kShutdownGrace{5};
 
   private:
     friend class Negotiation;
@@ -79,11 +82,17 @@ class Connection : public std::enable_shared_from_this<Connection> {
     awaitable<void> handle(nbd::Request r, Buffer payload,
                            std::chrono::steady_clock::time_point received);
     void finish_request(uint64_t bytes);
+    /// Logs "PEER: MESSAGE" within the connection's log limit (server/log_limit.hpp).
+    template <class... Args>
+    void log(spdlog::level::level_enum level, fmt::format_string<Args...> f, Args&&... args) {
+        log_.log(level, peer(), f, std::forward<Args>(args)...);
+    }
 
     asio::any_io_executor ex_;
     std::unique_ptr<Transport> transport_;
     const ExportRegistry& exports_;
     ConnectionLimits limits_;
+    ConnectionLog log_;                  ///< Warnings this client causes, rate limited.
     ReceiveBuffer rx_;                   ///< Transmission-phase input.
     std::vector<QueuedReply*> replies_;  ///< Replies waiting for the writer, in order.
     bool writing_ = false;               ///< A send() is writing replies out.
@@ -93,6 +102,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
     Notifier request_done_;
     bool broken_ = false;   ///< A reply could not be written: stop reading.
     bool closing_ = false;  ///< shutdown() was called: reads failing now are expected.
+    /// Closes the stream kShutdownGrace after shutdown().
+    std::optional<asio::steady_timer> grace_;
 };
 
 }  // namespace qnbd::server

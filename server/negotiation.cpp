@@ -31,6 +31,7 @@ class Negotiation {
         spdlog::debug("{}: option {} refused: {}", c_.peer(), option, msg);
         co_return co_await send(encode_rep_error(option, err, msg));
     }
+    awaitable<bool> read_payload(uint32_t length, std::vector<std::byte>* out);
     awaitable<Next> option(const OptionHeader& h, Bytes payload);
     awaitable<Next> export_name(Bytes payload);
     awaitable<Next> info(uint32_t option, Bytes payload);
@@ -58,7 +59,7 @@ awaitable<std::optional<Negotiated>> Negotiation::run() {
     if (co_await c_.transport_->read(cf)) co_return std::nullopt;
     auto flags = decode_client_flags(cf);
     if (!flags) {
-        spdlog::warn("{}: bad client flags: {}", c_.peer(), flags.error().message);
+        c_.log(spdlog::level::warn, "bad client flags: {}", flags.error().message);
         co_return std::nullopt;
     }
     no_zeroes_ = flags->no_zeroes;
@@ -67,18 +68,19 @@ awaitable<std::optional<Negotiated>> Negotiation::run() {
         if (co_await c_.transport_->read(hb)) co_return std::nullopt;
         auto h = decode_option_header(hb);
         if (!h) {
-            spdlog::warn("{}: bad option header: {}", c_.peer(), h.error().message);
+            c_.log(spdlog::level::warn, "bad option header: {}", h.error().message);
             co_return std::nullopt;
         }
         auto plan = plan_option_payload(*h);
         if (plan.action == PayloadAction::Disconnect) {
-            spdlog::warn("{}: option {} refused: {}", c_.peer(), h->option, plan.reason);
+            c_.log(spdlog::level::warn, "option {} refused: {}", h->option, plan.reason);
             co_return std::nullopt;
         }
-        std::vector<std::byte> payload(h->length);
-        if (h->length && co_await c_.transport_->read(payload)) co_return std::nullopt;
+        std::vector<std::byte> payload;
+        const bool keep = plan.action != PayloadAction::Discard;
+        if (!co_await read_payload(h->length, keep ? &payload : nullptr)) co_return std::nullopt;
         Next next = Next::Continue;
-        if (plan.action == PayloadAction::Discard) {
+        if (!keep) {
             if (!co_await reply_error(h->option, plan.reply, plan.reason)) next = Next::Close;
         } else {
             next = co_await option(*h, payload);
@@ -86,6 +88,26 @@ awaitable<std::optional<Negotiated>> Negotiation::run() {
         if (next == Next::Close) co_return std::nullopt;
         if (next == Next::Done) co_return result_;
     }
+}
+
+// An option's payload, into `out` or (null) discarded. Memory follows the bytes that arrived,
+// not the length announced: a client announcing megabytes and sending nothing costs nothing.
+awaitable<bool> Negotiation::read_payload(uint32_t length, std::vector<std::byte>* out) {
+    constexpr size_t kChunk = 16 * 1024;
+    std::vector<std::byte> scratch(out ? 0 : std::min<size_t>(length, kChunk));
+    for (size_t done = 0; done < length;) {
+        const size_t n = std::min<size_t>(length - done, kChunk);
+        std::span<std::byte> into;
+        if (out) {
+            out->resize(done + n);
+            into = std::span(*out).subspan(done, n);
+        } else {
+            into = std::span(scratch).first(n);
+        }
+        if (co_await c_.transport_->read(into)) co_return false;
+        done += n;
+    }
+    co_return true;
 }
 
 awaitable<Negotiation::Next> Negotiation::option(const OptionHeader& h, Bytes payload) {
@@ -126,12 +148,12 @@ awaitable<Negotiation::Next> Negotiation::option(const OptionHeader& h, Bytes pa
 awaitable<Negotiation::Next> Negotiation::export_name(Bytes payload) {
     auto d = decode_export_name(payload);
     if (!d) {
-        spdlog::warn("{}: bad NBD_OPT_EXPORT_NAME: {}", c_.peer(), d.error().message);
+        c_.log(spdlog::level::warn, "bad NBD_OPT_EXPORT_NAME: {}", d.error().message);
         co_return Next::Close;
     }
     auto e = c_.exports_.find(d->name);
     if (!e) {
-        spdlog::warn("{}: client asked for unknown export '{}'", c_.peer(), printable(d->name));
+        c_.log(spdlog::level::warn, "client asked for unknown export '{}'", printable(d->name));
         co_return Next::Close;
     }
     const uint16_t tf = flags_for(*e);
@@ -154,7 +176,7 @@ awaitable<Negotiation::Next> Negotiation::list(Bytes payload) {
 }
 
 awaitable<Negotiation::Next> Negotiation::unknown_export(uint32_t option, const std::string& name) {
-    spdlog::info("{}: client asked for unknown export '{}'", c_.peer(), printable(name));
+    c_.log(spdlog::level::info, "client asked for unknown export '{}'", printable(name));
     const std::string msg = "no export named '" + name + "'";
     co_return co_await reply_error(option, NBD_REP_ERR_UNKNOWN, msg) ? Next::Continue : Next::Close;
 }
@@ -221,8 +243,8 @@ awaitable<std::optional<Negotiated>> Connection::negotiate() {
     auto r = co_await n.run();
     timer.cancel();
     if (*timed_out)
-        spdlog::warn("{}: handshake not finished within {} s; connection dropped", peer(),
-                     limits_.handshake_timeout_s);
+        log(spdlog::level::warn, "handshake not finished within {} s; connection dropped",
+            limits_.handshake_timeout_s);
     co_return r;
 }
 

@@ -58,10 +58,13 @@ awaitable<void> RequestHandler::run(Buffer payload) {
 
 awaitable<void> RequestHandler::finish(const Result<void>& r) {
     if (r) co_return co_await reply_simple_ok();
-    const bool expected = r.error().code == ENOTSUP && (r_.flags & NBD_CMD_FLAG_FAST_ZERO);
-    spdlog::log(expected ? spdlog::level::debug : spdlog::level::warn,
-                "{}: {} at offset {} length {} failed: {}", c_.peer(), command_name(r_.type),
-                r_.offset, r_.length, r.error().message);
+    // A FAST_ZERO the engine cannot do fast is expected: debug, outside the client's log limit.
+    if (r.error().code == ENOTSUP && (r_.flags & NBD_CMD_FLAG_FAST_ZERO))
+        spdlog::debug("{}: {} at offset {} length {} failed: {}", c_.peer(), command_name(r_.type),
+                      r_.offset, r_.length, r.error().message);
+    else
+        c_.log(spdlog::level::warn, "{} at offset {} length {} failed: {}", command_name(r_.type),
+               r_.offset, r_.length, r.error().message);
     co_await reply_error(nbd_error(r.error().code, r_), r.error().message);
 }
 
@@ -107,8 +110,8 @@ awaitable<void> RequestHandler::read() {
     auto r = co_await exp().disk->read(GuestOffset{r_.offset}, buf.span(),
                                        reply.uses_holes() ? &zeros : nullptr);
     if (!r) {
-        spdlog::warn("{}: READ at offset {} length {} failed: {}", c_.peer(), r_.offset, r_.length,
-                     r.error().message);
+        c_.log(spdlog::level::warn, "READ at offset {} length {} failed: {}", r_.offset, r_.length,
+               r.error().message);
         co_return co_await reply_error(nbd_error(r.error().code, r_), r.error().message);
     }
     std::vector<ReadHole> holes;

@@ -22,6 +22,8 @@ awaitable<void> Connection::run() {
     auto n = co_await negotiate();
     if (!n) {
         transport_->close();
+        if (grace_) grace_->cancel();
+        log_.finish(peer());
         co_return;
     }
     co_await serve(std::move(*n));
@@ -32,17 +34,33 @@ awaitable<void> Connection::serve(Negotiated n) {
                  n.structured ? " with structured replies" : "");
     neg_ = std::move(n);
     co_await transmission(*neg_);
+    log_.finish(peer());
+}
+
+void Connection::shutdown() {
+    if (closing_) return;
+    closing_ = true;
+    transport_->shutdown_read();
+    grace_.emplace(ex_, kShutdownGrace);
+    grace_->async_wait([weak = weak_from_this()](error_code ec) {
+        auto self = weak.lock();
+        if (ec || !self) return;
+        self->log(spdlog::level::warn, "replies not taken within {} s of the shutdown; closing",
+                  kShutdownGrace.count());
+        self->transport_->close();
+    });
 }
 
 awaitable<error_code> ReceiveBuffer::read(Transport& t, std::span<std::byte> out) {
     for (;;) {
         const size_t n = std::min(out.size(), end_ - begin_);
-        std::memcpy(out.data(), buf_.data() + begin_, n);
+        if (n) std::memcpy(out.data(), buf_.data() + begin_, n);
         begin_ += n;
         out = out.subspan(n);
         if (out.empty()) co_return error_code{};
         begin_ = end_ = 0;
-        if (out.size() >= buf_.size() / 2) co_return co_await t.read(out);
+        if (out.size() >= kSize / 2) co_return co_await t.read(out);
+        if (buf_.empty()) buf_.resize(kSize);
         auto [ec, got] = co_await t.read_some(buf_);
         if (ec) co_return ec;
         end_ = got;
@@ -98,19 +116,24 @@ awaitable<bool> Connection::read_request(Session& s, bool& stop) {
     std::array<std::byte, kRequestHeaderSize> hb;
     if (auto ec = co_await rx_.read(*transport_, hb); ec) {
         if (ec != asio::error::eof && !broken_ && !closing_)
-            spdlog::warn("{}: read failed: {}", peer(), ec.message());
+            log(spdlog::level::warn, "read failed: {}", ec.message());
         co_return false;
     }
     // Latencies start here: the header is in, the payload (if any) not yet.
     const auto received = neg_->exp->metrics ? RequestClock::now() : RequestClock::time_point{};
     auto r = decode_request(hb);
     if (!r) {
-        spdlog::warn("{}: {}; closing the connection", peer(), r.error().message);
+        log(spdlog::level::warn, "{}; closing the connection", r.error().message);
         co_return false;
     }
     const RequestCheck chk = check_request(*r, s);
     if (chk.disconnect) {
-        spdlog::warn("{}: {}; closing the connection", peer(), chk.reason);
+        // The payload is not read (more than the 32 MiB the spec asks servers to accept): the
+        // client gets NBD_EINVAL for the request, as from qemu-nbd, and the connection closes.
+        log(spdlog::level::warn, "{}; closing the connection", chk.reason);
+        RequestHandler h(*this, *r, received);
+        const std::string why(chk.reason);
+        co_await h.reply_error(chk.error, why);
         co_return false;
     }
     if (r->type == NBD_CMD_DISC) {
@@ -124,7 +147,7 @@ awaitable<bool> Connection::read_request(Session& s, bool& stop) {
     Buffer payload = Buffer::uninitialized(chk.payload_length);
     if (payload.size() && co_await rx_.read(*transport_, payload.span())) co_return false;
     if (!chk.ok()) {
-        spdlog::warn("{}: {} refused: {}", peer(), command_name(r->type), chk.reason);
+        log(spdlog::level::warn, "{} refused: {}", command_name(r->type), chk.reason);
         RequestHandler h(*this, *r, received);
         co_await h.reply_error(chk.error, std::string(chk.reason));
         co_return !broken_;
@@ -134,8 +157,9 @@ awaitable<bool> Connection::read_request(Session& s, bool& stop) {
     asio::co_spawn(ex_, handle(*r, std::move(payload), received),
                    [self = shared_from_this(), bytes](std::exception_ptr e) {
                        if (e)
-                           spdlog::error("{}: request failed with an internal error: {}",
-                                         self->peer(), exception_message(e));
+                           self->log(spdlog::level::err,
+                                     "request failed with an internal error: {}",
+                                     exception_message(e));
                        self->finish_request(bytes);
                    });
     co_return !broken_;
@@ -149,10 +173,11 @@ awaitable<void> Connection::transmission(Negotiated n) {
     s.meta_contexts = static_cast<uint32_t>(n.contexts.size());
     for (;;) {
         bool stop = false;
-        if (!co_await read_request(s, stop) || stop) break;
+        if (!co_await read_request(s, stop) || stop || closing_) break;
     }
     while (in_flight_) co_await request_done_.wait();
     transport_->close();
+    if (grace_) grace_->cancel();
 }
 
 awaitable<void> Connection::handle(Request r, Buffer payload, RequestClock::time_point received) {

@@ -32,6 +32,9 @@ class Transport {
     virtual awaitable<std::pair<error_code, size_t>> read_some(std::span<std::byte> buf) = 0;
     /// Writes every buffer in order, or fails.
     virtual awaitable<error_code> write(std::span<const asio::const_buffer> bufs) = 0;
+    /// Stops receiving: a pending or later read ends (with what was already received, then
+    /// eof); writes go on.
+    virtual void shutdown_read() = 0;
     /// Closes the stream; pending operations fail.
     virtual void close() = 0;
     /// A printable name of the peer, for logs.
@@ -59,6 +62,10 @@ class SocketTransport final : public Transport {
         std::vector<asio::const_buffer> v(bufs.begin(), bufs.end());
         auto [ec, n] = co_await asio::async_write(socket_, v, asio::as_tuple(asio::use_awaitable));
         co_return ec;
+    }
+    void shutdown_read() override {
+        error_code ec;
+        socket_.shutdown(Socket::shutdown_receive, ec);
     }
     void close() override {
         error_code ec;

@@ -2,7 +2,8 @@
 # What the log says: requests by name (WRITE, not "request type 1"), the export a client asked
 # for when it does not exist (escaped: a name with a newline or an escape sequence cannot forge
 # lines), no warning for a normal shutdown with a client connected, and the exit statistics
-# only for a server that served.
+# only for a server that served; a client causing 10,000 refusals gets a bounded number of log
+# lines (20, then one per 10 s) and the rest counted as suppressed.
 source "$(dirname "$0")/lib/common.bash"
 need qemu-img
 need_python_nbd
@@ -63,4 +64,17 @@ shutdown_log=$(tail -n +$((before + 1)) "${SRV_LOG[s]}")
 grep -q "warning" <<<"$shutdown_log" && fail "warnings in a normal shutdown: $(grep warning <<<"$shutdown_log")"
 grep -q "flush requests" "${SRV_LOG[s]}" || fail "no statistics for a server that served"
 kill "$client" 2>/dev/null
+
+# Log flooding: 10,000 refused requests from one client.
+start_server f -t "$T/a.qcow2"
+py logflood.py "$(uri f)" 10000
+stop_server f
+flog=${SRV_LOG[f]}
+refused=$(grep -c "READ refused" "$flog")
+suppressed=$(sed -n 's/.*: \([0-9]*\) log lines\? suppressed.*/\1/p' "$flog" | awk '{s += $1} END {if (NR) print s}')
+say "10000 refusals: $refused logged, ${suppressed:-0} counted as suppressed, $(wc -l <"$flog") log lines in all"
+((refused <= 25)) || fail "$refused lines for one client's refused requests: the log is not limited"
+[[ -n $suppressed ]] || fail "no line counting the suppressed warnings"
+((refused + suppressed == 10000)) || fail "$refused logged + $suppressed suppressed != 10000 refusals"
+(($(wc -l <"$flog") < 60)) || fail "the flood produced $(wc -l <"$flog") log lines"
 finish
