@@ -56,6 +56,49 @@ Error open_error(const std::string& path) {
 }  // namespace
 
 TEST_CASE(
+    "refcount-table-entry0-zero-hang: an allocating write without the first refcount "
+    "block fails instead of looping",
+    "[damage]") {
+    TempDir dir;
+    const std::string path = dir.file("img.qcow2");
+    const Layout l = image_with_data(path);
+    put_be(path, l.reftable, 0, 8);  // The header's cluster is left without a refcount block.
+    const Bytes file = read_file(path);
+    const Bytes header_before(file.begin(), file.begin() + 65536);
+    asio::io_context io;
+    run_co(io, [&]() -> awaitable<void> {
+        auto disk = co_await open_ok(path, false);
+        auto w = co_await write_bytes(*disk, 4 * MiB, filled(4096, 0x55));
+        REQUIRE_FALSE(w);
+        CHECK(w.error().code == EIO);
+        CHECK(w.error().message.find("no refcount block covers it") != std::string::npos);
+        CHECK(co_await read_ok(*disk, 0, 4096) == filled(4096, 0x33));
+        (void)co_await disk->close();
+        disk.mark_closed();
+    });
+    const Bytes after = read_file(path);
+    CHECK(Bytes(after.begin(), after.begin() + 65536) == header_before);
+}
+
+TEST_CASE(
+    "metadata-refcount-zero-overwrite: the allocator skips a metadata cluster whose "
+    "refcount is 0",
+    "[damage]") {
+    TempDir dir;
+    const std::string path = dir.file("img.qcow2");
+    const Layout l = image_with_data(path);
+    put_be(path, l.block + 2 * (l.l2 / 65536), 0, 2);  // The L2 table's refcount: 0.
+    with_disk(path, false, [](Disk& d) -> awaitable<void> {
+        co_await write_ok(d, 2 * MiB, 65536, 0x66);  // Needs a new data cluster.
+        CHECK(co_await read_ok(d, 0, 4096) == filled(4096, 0x33));
+    });
+    CHECK((file_be(path, 72, 8) & 2) == 0);  // Not marked corrupt: nothing hit metadata.
+    check_qemu_pattern(path, 0, 65536, 0x33);
+    check_qemu_pattern(path, 1 * MiB, 65536, 0x44);
+    check_qemu_pattern(path, 2 * MiB, 65536, 0x66);
+}
+
+TEST_CASE(
     "l2-table-on-refcount-table: a writable open refuses an L2 table that shares a "
     "cluster with the refcount table",
     "[damage]") {
