@@ -129,3 +129,23 @@ TEST_CASE(
     CHECK(e.message.find("refcount table entry 1 offset 0xffffffffffff0000 is beyond the end") !=
           std::string::npos);
 }
+
+TEST_CASE(
+    "dirty-rebuild-entry-past-eof-oom: the refcount rebuild of a dirty image does not "
+    "count an L2 entry far past the end of the file",
+    "[damage]") {
+    TempDir dir;
+    const std::string path = dir.file("img.qcow2");
+    const Layout l = image_with_data(path);
+    put_be(path, l.l2 + 8 * 16, (1ULL << 46) | (1ULL << 63), 8);  // Guest 1 MiB, at 64 TiB.
+    put_be(path, 72, file_be(path, 72, 8) | 1, 8);                // The dirty bit.
+    with_disk(path, false, [](Disk& d) -> awaitable<void> {
+        Bytes buf(4096);
+        auto r = co_await d.read(GuestOffset{1 * MiB}, buf);
+        REQUIRE_FALSE(r);
+        CHECK(r.error().code == EIO);
+        CHECK(co_await read_ok(d, 0, 4096) == filled(4096, 0x33));
+        co_await write_ok(d, 4 * MiB, 4096, 0x77);
+    });
+    CHECK((file_be(path, 72, 8) & 1) == 0);  // Rebuilt and closed cleanly.
+}
