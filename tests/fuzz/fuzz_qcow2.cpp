@@ -66,7 +66,7 @@ void header(Input in) {
     check_same_image(*h, *again);
 }
 
-/// u8 cluster_bits, u32 snapshot count, u64 file size, then the snapshot table.
+/// u8 cluster_bits - 9, u32 snapshot count, u64 file size, then the snapshot table.
 void snapshots(Input in) {
     if (in.size() < 13) return;
     Header h;
@@ -164,7 +164,7 @@ void refcounts(Input in) {
     }
 }
 
-/// u8 compression type, u8 cluster_bits, then the compressed stream. Decompression fills the
+/// u8 compression type, u8 cluster_bits - 9, then the compressed stream. Decompression fills the
 /// whole cluster or fails with EIO; what compress_cluster makes decompresses back.
 void compressed(Input in) {
     if (in.size() < 2) return;
@@ -185,7 +185,7 @@ void compressed(Input in) {
     FUZZ_CHECK(back == data);
 }
 
-/// u8 table (0 L1, 1 refcount table), u8 cluster_bits, u8 file size in 64 KiB units, then the
+/// u8 table (0 L1, 1 refcount table), u8 cluster_bits - 9, u8 file size in 64 KiB units, then the
 /// table. Accepted tables point only at whole clusters inside the file; a layout accepted for
 /// writing gives every cluster one owner.
 void tables(Input in) {
@@ -195,7 +195,7 @@ void tables(Input in) {
     const uint64_t file_size = (uint64_t{static_cast<uint8_t>(in[2])} + 1) << 16;
     const std::vector<uint64_t> t = decode_table(in.subspan(3));
     FUZZ_CHECK(t.size() == (in.size() - 3) / 8);
-    const bool l1 = static_cast<uint8_t>(in[0]) & 1;
+    const bool l1 = !(static_cast<uint8_t>(in[0]) & 1);
     auto r = l1 ? check_l1_table(t, h, file_size) : check_refcount_table(t, h, file_size);
     if (!r) return FUZZ_CHECK(r.error().code == EINVAL);
     const uint64_t mask = l1 ? kOffsetMask : ~kRefTableReserved;

@@ -4,7 +4,8 @@
 Usage: qcow2_seeds.py IMAGE_SEED_DIR OUT_DIR
 
 A fuzz_qcow2 input is a selector byte (the order of kTargets in fuzz_qcow2.cpp) followed by
-that decoder's input; see the comment of each decoder there for its layout.
+that decoder's input; see the comment of each decoder there for its layout (cluster sizes are
+given as cluster_bits - 9).
 """
 import os
 import struct
@@ -30,7 +31,7 @@ def cut(image):
     extended = bool(incompat & 16)
     ctype = image[104] if version >= 3 and struct.unpack_from(">I", image, 100)[0] > 104 else 0
     out = {"header": bytes([HEADER]) + struct.pack(">I", len(image) - cs) + image[:cs]}
-    geo = bytes([cluster_bits, len(image) >> 16 & 0xff])
+    geo = bytes([cluster_bits - 9, len(image) >> 16 & 0xff])
     out["l1"] = bytes([TABLES, 0]) + geo + image[l1_off:l1_off + 8 * l1_size]
     out["reftable"] = bytes([TABLES, 1]) + geo + image[rt_off:rt_off + cs * rt_clusters][:4096]
     block = be64(image, rt_off) & ~0x1ff
@@ -38,7 +39,7 @@ def cut(image):
     if block:
         out["refblock"] = bytes([REFCOUNTS, order]) + image[block:block + min(cs, 4096)]
     if nb_snap:
-        out["snapshots"] = (bytes([SNAPSHOTS, cluster_bits]) + struct.pack(">IQ", nb_snap, len(image))
+        out["snapshots"] = (bytes([SNAPSHOTS, cluster_bits - 9]) + struct.pack(">IQ", nb_snap, len(image))
                             + image[snap_off:snap_off + 4096])
     fmt = cluster_bits - 9 | (0x20 if extended else 0) | (0x40 if version >= 3 else 0)
     l2 = be64(image, l1_off) & 0x00fffffffffffe00
@@ -52,7 +53,7 @@ def cut(image):
             x = 62 - (cluster_bits - 8)
             host = e & ((1 << x) - 1)
             length = (((e & ~(3 << 62)) >> x) + 1) * 512 - (host & 511)
-            out["compressed-%d" % j] = (bytes([COMPRESSED, ctype, cluster_bits])
+            out["compressed-%d" % j] = (bytes([COMPRESSED, ctype, cluster_bits - 9])
                                         + image[host:host + length])
     return out
 
@@ -95,7 +96,7 @@ def main():
     raw = zlib.compressobj(9, zlib.DEFLATED, -12)
     data = raw.compress(b"qnbd" * 128) + raw.flush()
     with open(os.path.join(dst, "gen-deflate-512"), "wb") as f:
-        f.write(bytes([COMPRESSED, 0, 9]) + data)
+        f.write(bytes([COMPRESSED, 0, 0]) + data)
     with open(os.path.join(dst, "gen-refcount-orders"), "wb") as f:
         f.write(bytes([REFCOUNTS, 2]) + bytes(range(256)) * 2)
 
