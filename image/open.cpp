@@ -10,6 +10,7 @@
 #include "disk/raw_disk.hpp"
 #include "io/sync_latch.hpp"
 #include "qcow2/image.hpp"
+#include "qcow2/tables.hpp"
 
 namespace qnbd {
 namespace {
@@ -34,30 +35,7 @@ awaitable<Result<std::vector<uint64_t>>> read_table(io::File& f, HostOffset off,
         auto r = co_await f.read_zero_padded(off, b.span());
         if (!r) co_return r.error();
     }
-    std::vector<uint64_t> t(entries);
-    for (uint64_t i = 0; i < entries; ++i) t[i] = load_be64(b.data() + i * 8);
-    co_return t;
-}
-
-/// Checks that every entry of an L1 or refcount table is well formed and points inside the file.
-Result<void> check_table(const std::vector<uint64_t>& t, uint64_t reserved, uint64_t mask,
-                         const Header& h, uint64_t file_size, const char* what) {
-    for (size_t i = 0; i < t.size(); ++i) {
-        if (t[i] & reserved)
-            return Error{EINVAL, std::string(what) + " entry " + std::to_string(i) +
-                                     " has reserved bits set (" + hex(t[i]) + ")"};
-        const uint64_t off = t[i] & mask;
-        if (off & (h.cluster_size() - 1))
-            return Error{EINVAL, std::string(what) + " entry " + std::to_string(i) + " offset " +
-                                     hex(off) + " is not cluster-aligned"};
-        if (off && off + h.cluster_size() > h.geometry().round_up(file_size))
-            return Error{EINVAL, std::string(what) + " entry " + std::to_string(i) + " offset " +
-                                     hex(off) + " is beyond the end of the file"};
-        if (off == 0 && (t[i] & ~mask & ~reserved) && mask == qcow2::kOffsetMask)
-            return Error{EINVAL, std::string(what) + " entry " + std::to_string(i) +
-                                     " has flags but no offset"};
-    }
-    return ok();
+    co_return qcow2::decode_table(b.span());
 }
 
 /// How a file of the image in `role` is opened: access, cache mode and its image lock.
@@ -141,17 +119,13 @@ awaitable<Result<std::shared_ptr<Disk>>> open_qcow2(asio::any_io_executor ex,
         if (auto r = check_writable(*h); !r) co_return r.error();
     auto l1 = co_await read_table(*file, h->l1_table_offset, h->l1_size);
     if (!l1) co_return l1.error();
-    if (auto r =
-            check_table(*l1, qcow2::kL1Reserved, qcow2::kOffsetMask, *h, file_size, "L1 table");
-        !r)
-        co_return r.error();
+    if (auto r = qcow2::check_l1_table(*l1, *h, file_size); !r) co_return r.error();
     const uint64_t rt_entries = uint64_t{h->refcount_table_clusters} * h->cluster_size() / 8;
     auto rt = co_await read_table(*file, h->refcount_table_offset, rt_entries);
     if (!rt) co_return rt.error();
-    if (auto r = check_table(*rt, qcow2::kRefTableReserved, ~qcow2::kRefTableReserved, *h,
-                             file_size, "refcount table");
-        !r)
-        co_return r.error();
+    if (auto r = qcow2::check_refcount_table(*rt, *h, file_size); !r) co_return r.error();
+    if (!opts.read_only)  // A writable image must not have two tables in one cluster.
+        if (auto r = qcow2::check_metadata_layout(*h, *l1, *rt); !r) co_return r.error();
     auto data = co_await open_data_file(ex, path, *h, opts);
     if (!data) co_return data.error();
     auto backing = co_await open_backing(ex, path, *h, opts, chain);

@@ -85,13 +85,14 @@ void Ring::arm() {
 void Ring::on_ready(const boost::system::error_code&) {
     armed_ = false;
     if (shut_) return;
+    // A handler run by drain() may start the next operation, which arms the wait itself: arm
+    // only if none did, so that exactly one wait is ever pending.
     drain();
     if (in_flight_ == 0) return;
-    arm();
+    if (!armed_) arm();
     // The reactor polls the ring edge-triggered: completions posted before the wait was
     // registered raised no new edge, so reap whatever is already there.
     if (io_uring_cq_ready(&ring_)) drain();
-    if (in_flight_ == 0 && armed_) poller_->cancel();
 }
 
 void Ring::drain() {
@@ -109,6 +110,10 @@ void Ring::drain() {
         std::move(handler)(res);
     }
     draining_ = false;
+    // Nothing left in flight: a wait that is still pending (armed by an operation whose
+    // completion this drain reaped, say one submitted early because the submission queue was
+    // full) would keep the io_context from ever running out of work.
+    if (in_flight_ == 0 && armed_) poller_->cancel();
 }
 
 void Ring::shutdown() {

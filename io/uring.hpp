@@ -39,7 +39,7 @@ class Ring : public asio::execution_context::service {
     awaitable<int> run(asio::any_io_executor ex, Prep prep) {
         co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(int)>(
             [this, ex, prep = std::move(prep)](auto handler) mutable {
-                start(ex, std::make_unique<Op>(std::move(handler)), prep);
+                this->start(ex, std::make_unique<Op>(std::move(handler)), prep);
             },
             asio::use_awaitable);
     }

@@ -1,6 +1,7 @@
 // The allocator: free runs, refcount blocks for new ranges, and refcount table growth.
 #include <algorithm>
 
+#include "base/hex.hpp"
 #include "qcow2/header.hpp"
 #include "qcow2/refcounts.hpp"
 
@@ -12,18 +13,20 @@ awaitable<Result<HostClusterIndex>> Refcounts::find_free_run(ClusterCount n) {
     for (HostClusterIndex c = cursor_;; ++c) {
         if (run == 0) start = c;
         const uint64_t b = block_of(c);
+        bool free = true;  // No block: the whole range is free...
         if (!has_block(b)) {
-            // No block: the whole range is free, but its first cluster will hold the block.
+            // ...but its first cluster will hold the block.
             if (c == first_of_block(b)) {
                 run = 0;
                 continue;
             }
-            if (++run == n.value) co_return start;
-            continue;
+        } else {
+            auto rc = co_await refcount_at(b, c);
+            if (!rc) co_return rc.error();
+            free = *rc == 0;
         }
-        auto rc = co_await refcount_at(b, c);
-        if (!rc) co_return rc.error();
-        if (*rc == 0) {
+        // A metadata cluster counted as free is a damaged refcount: never hand it out.
+        if (free && !meta_.overlaps(geo_.host_start_of(c), geo_.cluster_size())) {
             if (++run == n.value) co_return start;
             continue;
         }
@@ -89,6 +92,11 @@ awaitable<Result<void>> Refcounts::ensure_block(uint64_t b) {
     // which counts itself. The table entry is written after the block (R2).
     const HostClusterIndex c = first_of_block(b);
     const HostOffset off = geo_.host_start_of(c);
+    // Not so in a damaged image (a zero refcount table entry over the header, say): the block
+    // would overwrite metadata, and it could not even be recorded if it went to offset 0.
+    if (meta_.overlaps(off, geo_.cluster_size()))
+        co_return Error{EIO, "image is corrupt: host cluster at " + hex(off.value) +
+                                 " holds metadata but no refcount block covers it"};
     auto e = cache_.create(off);
     meta_.add(off, geo_.cluster_size());
     set_refcount(e->data.data(), 0, order_, 1);

@@ -5,6 +5,8 @@ set -euo pipefail
 
 pkgs=(
   build-essential cmake ninja-build pkg-config git clang-format clang-tidy
+  # The fuzz targets: clang 14, and libFuzzer with FuzzedDataProvider.h (libclang-rt-14-dev).
+  clang-14 libclang-rt-14-dev
   libboost1.81-dev liburing-dev libspdlog-dev libfmt-dev libcli11-dev catch2
   libnbd-dev zlib1g-dev libzstd-dev libsystemd-dev
   qemu-utils libnbd-bin python3-libnbd fio nbdkit
