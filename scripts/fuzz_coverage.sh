@@ -10,7 +10,7 @@ targets=("$@")
 [[ ${#targets[@]} -gt 0 ]] || targets=(protocol connection image qcow2)
 flags="-fprofile-instr-generate -fcoverage-mapping"
 cmake -S . -B build-fuzz-cov -G Ninja -DCMAKE_BUILD_TYPE=Debug -DQNBD_FUZZ=ON -DQNBD_TESTS=OFF \
-    -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14 -DCMAKE_CXX_FLAGS="$flags" \
+    -DCMAKE_CXX_COMPILER=clang++-14 -DCMAKE_CXX_FLAGS="$flags" \
     -DCMAKE_EXE_LINKER_FLAGS="-fprofile-instr-generate" >/dev/null
 cmake --build build-fuzz-cov -j "$(nproc)" --target fuzz
 [[ -d build-fuzz/fuzz-seeds ]] || bash tests/fuzz/make_seeds.sh build-fuzz/fuzz-seeds
@@ -31,6 +31,9 @@ for t in "${targets[@]}"; do
     pattern=$(printf '%s|' ${files[$t]})
     echo "== fuzz_$t (inputs: $(grep -o 'INITED.*corp: [0-9]*' "build-fuzz-cov/$t.log" | grep -o '[0-9]*$'))"
     llvm-cov-14 report "build-fuzz-cov/fuzz_$t" -instr-profile="build-fuzz-cov/$t.profdata" \
-        | awk -v p="${pattern%|}" 'NR <= 2 || $1 ~ "^(" p ")" { print $1, $8, $9, $10 }' \
+        | awk -v p="${pattern%|}" '
+            BEGIN { print "file", "lines", "missed", "cover" }
+            $1 ~ "^(" p ")" { print $1, $8, $9, $10; n += $8; m += $9 }
+            END { printf "total %d %d %.1f%%\n", n, m, n ? 100 * (n - m) / n : 0 }' \
         | column -t
 done
