@@ -94,8 +94,6 @@ awaitable<Result<std::shared_ptr<Qcow2Image>>> Qcow2Image::create(ImageParts par
         if (auto r = co_await img->rebuild_refcounts(); !r) co_return r.error();
         img->trim_tail_ = true;
         if (auto r = co_await img->flush(); !r) co_return r.error();
-    } else if (auto r = co_await img->check_file_tail(); !r) {
-        co_return r.error();
     }
     co_return img;
 }
@@ -127,6 +125,7 @@ awaitable<Result<void>> Qcow2Image::close() {
     if (closed_) co_return ok();
     Result<void> result;
     if (!read_only_) {
+        co_await check_file_tail();
         result = co_await flush_until_quiet();
         // R11: the dirty bit is cleared only over fully written metadata.
         if (result && header_on_disk_dirty_ && quiet()) {

@@ -208,7 +208,7 @@ class Qcow2Image final : public Disk, public std::enable_shared_from_this<Qcow2I
     /// Waits for a preallocation in flight, then cuts the file after its last used cluster
     /// (the reserved tail, or after a crash whatever lies past the last referenced cluster).
     awaitable<Result<void>> trim_preallocation();
-    awaitable<Result<void>> check_file_tail();
+    awaitable<void> check_file_tail();
 
     // Barriers (image_flush.cpp).
     void start_barriers();

@@ -69,25 +69,27 @@ awaitable<Result<void>> Qcow2Image::trim_preallocation() {
     co_return file_->truncate(used);
 }
 
-awaitable<Result<void>> Qcow2Image::check_file_tail() {
+awaitable<void> Qcow2Image::check_file_tail() {
     // A crash after clusters were reserved or allocated but before the dirty bit was durable
     // leaves a clean image whose file runs past its last counted cluster. Those clusters are
-    // unused unless the image is damaged, so the references are counted again (as after a
-    // crash) before the tail is cut at close (R11).
-    if (data_file_) co_return ok();
-    const HostClusterIndex file_end = geo_.host_cluster_end(reserved_end_);
+    // unused unless the image is damaged, so at close the references are counted again (as
+    // after a crash) and, if that finds nothing wrong, the tail is cut (R11). The open never
+    // writes for it: an image refused later was left alone (R15).
+    if (data_file_ || trim_tail_ || corrupt_) co_return;
+    auto size = file_->size();
+    if (!size) co_return;
+    const HostClusterIndex file_end = geo_.host_cluster_end(*size);
     auto used = co_await refcounts_->used_end(file_end);
-    if (!used) co_return used.error();
-    // Nothing counted at all (not even the header) is damage, not an interrupted allocation:
-    // it is left to the allocator, which refuses to place blocks on metadata (R17).
-    if (*used == file_end || used->value == 0) co_return ok();
-    spdlog::info(
-        "{}: the file runs {} bytes past its last used cluster (an interrupted "
-        "allocation); checking its references",
-        file_->path(), reserved_end_ - geo_.host_start_of(*used).value);
-    if (auto r = co_await rebuild_refcounts(); !r) co_return r;
+    // Nothing counted at all (not even the header) is damage, not an interrupted allocation.
+    if (!used || *used == file_end || used->value == 0) co_return;
+    if (auto r = co_await rebuild_refcounts(); !r) {
+        spdlog::warn(
+            "{}: the file runs past its last used cluster and its references could "
+            "not be counted ({}); the tail is kept",
+            file_->path(), r.error().message);
+        co_return;
+    }
     trim_tail_ = true;
-    co_return co_await flush();
 }
 
 }  // namespace qnbd::qcow2

@@ -82,6 +82,7 @@ class FuzzTransport final : public Transport {
         if (cfg_.yield_writes) co_await yield();
         co_return error_code{};
     }
+    void shutdown_read() override { in_ = in_.first(pos_); }  // what is left reads as eof
     void close() override { closed_ = true; }
     const std::string& peer() const override { return peer_; }
 
