@@ -20,7 +20,4 @@ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=Debug -DQNBD_FUZZ=ON -DQNBD
     -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14 \
     -DQNBD_FUZZ_SECONDS="$fuzz_seconds" >/dev/null
 cmake --build build-fuzz -j "$(nproc)" --target fuzz
-# fuzz.connection is left out for now: its reply checker reports a reply to no outstanding
-# request since the shutdown and oversized-write changes, not yet diagnosed (docs/RELIABILITY.md,
-# "Fuzzing"); scripts/fuzz.sh still runs it.
-ctest --test-dir build-fuzz --output-on-failure -j 1 -E 'fuzz\.connection'
+ctest --test-dir build-fuzz --output-on-failure -j 1

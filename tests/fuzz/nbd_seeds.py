@@ -107,6 +107,9 @@ def connection_seeds():
     seeds["concurrent-same-cookie"] = go(b"raw", structured=False) + r.out
     r = Requests().add("WRITE", 0, 4096, data=b"\x01" * 100)
     seeds["truncated"] = go() + r.out
+    # A WRITE over 32 MiB behind READs in flight: NBD_EINVAL for it, payload unread, then close.
+    r = mixed(Requests(), qcow, writable=False).add("WRITE", 0, (64 << 20) + 1, data=b"\xab" * 512)
+    seeds["oversized-write"] = flags(no_zeroes=False) + opt(OPT["EXPORT_NAME"]) + r.out
     seeds["bad-flags"] = struct.pack(">I", 0xff) + opt(OPT["GO"], info(b""))
     seeds["export-name-unknown"] = flags() + opt(OPT["EXPORT_NAME"], b"missing")
     out = {}

@@ -176,15 +176,20 @@ bool ReplyChecker::export_name_reply() {
 }
 
 /// The requests the transmission phase reads from `from` on: it stops at a short or bad
-/// header, NBD_CMD_DISC, a WRITE payload over the maximum, or a payload cut short by EOF.
+/// header, NBD_CMD_DISC, a payload cut short by EOF, or a WRITE payload over the maximum (that
+/// WRITE is answered with NBD_EINVAL, its payload left unread, and the connection closes).
 void ReplyChecker::parse_requests(size_t from) {
     phase_ = Phase::Transmission;
     for (size_t pos = from; pos + kRequestHeaderSize <= in_.size();) {
         auto r = decode_request(in_.subspan(pos, kRequestHeaderSize));
         if (!r || r->type == NBD_CMD_DISC) return;
         pos += kRequestHeaderSize;
+        if (r->type == NBD_CMD_WRITE && r->length > kMaxPayload) {
+            requests_.push_back({*r, NBD_EINVAL});
+            return;
+        }
         if (r->type == NBD_CMD_WRITE) {
-            if (r->length > kMaxPayload || r->length > in_.size() - pos) return;
+            if (r->length > in_.size() - pos) return;
             pos += r->length;
         }
         requests_.push_back({*r});
@@ -220,6 +225,7 @@ bool ReplyChecker::simple_reply() {
     if (!idx) return false;
     const Request& r = requests_[*idx].r;
     FUZZ_CHECK(s->error == NBD_SUCCESS || is_nbd_error(s->error));
+    if (requests_[*idx].must_fail) FUZZ_CHECK(s->error == requests_[*idx].must_fail);
     if (structured_) FUZZ_CHECK(r.type != NBD_CMD_READ && r.type != NBD_CMD_BLOCK_STATUS);
     if (s->error == NBD_SUCCESS) FUZZ_CHECK(is_known_command(r.type));
     const size_t data = r.type == NBD_CMD_READ && s->error == NBD_SUCCESS ? r.length : 0;

@@ -41,6 +41,7 @@ class ReplyChecker {
     };
     struct Pending {
         nbd::Request r;
+        uint32_t must_fail = 0;  ///< The only error the reply may carry, if nonzero.
         bool answered = false;
     };
     /// A structured reply whose DONE chunk has not been seen yet.
