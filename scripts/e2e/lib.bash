@@ -338,6 +338,38 @@ e2e_stage_qnbd() {
     chmod 755 "$dst"
 }
 
+# e2e_out_disk SIZE: the raw disk through which the guest hands images back as a tar stream
+# (tar stops at its end marker, so SIZE only has to hold them). Its qemu arguments are left in
+# E2E_OUT_ARGS for e2e_boot_vm.
+e2e_out_disk() {
+    truncate -s "$1" "$T/out.raw"
+    E2E_OUT_ARGS=(-drive "file=$T/out.raw,format=raw,if=none,id=out0,cache=unsafe"
+        -device virtio-blk-pci,drive=out0)
+}
+
+# e2e_out_images NAME...: unpacks the output disk into $T/out; each NAME.qcow2 must be there
+# and pass img_check (clean, no leaks).
+e2e_out_images() {
+    mkdir -p "$T/out"
+    tar -xf "$T/out.raw" -C "$T/out" || fail "no image in the guest's output disk"
+    local n
+    for n in "$@"; do
+        [[ -f $T/out/$n.qcow2 ]] || fail "$n.qcow2 is not in the guest's output"
+        img_check "$T/out/$n.qcow2"
+    done
+}
+
+# e2e_out_raw NAME: $T/out/NAME.qcow2 converted to $T/NAME.raw.
+e2e_out_raw() {
+    qemu-img convert -f qcow2 -O raw "$T/out/$1.qcow2" "$T/$1.raw" || fail "qemu-img convert $1"
+}
+
+# e2e_out_ext4 NAME: $T/out/NAME.qcow2 holds a clean ext4 file system (e2fsck -fn on the host).
+e2e_out_ext4() {
+    e2e_out_raw "$1"
+    e2fsck -fn "$T/$1.raw" >"$T/e2fsck.log" 2>&1 || { cat "$T/e2fsck.log" >&2; fail "e2fsck on the host"; }
+}
+
 _e2e_sq() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 
 # e2e_boot_vm [--fwd PORT | --fwd GUESTPORT=PORT]... [--env KEY=VALUE]... [--add DIR]...

@@ -10,17 +10,9 @@ stage=$T/stage
 mkdir -p "$stage/images"
 mkimg "$stage/images/x.qcow2" 128M
 e2e_stage_qnbd "$stage"
-# The image leaves the guest as a tar stream written to this disk (tar stops at its end marker,
-# so the disk's size does not matter).
-truncate -s 512M "$T/out.raw"
-e2e_boot_vm --add "$stage" qnbd-in-guest qnbd-in-guest.guest.sh -- \
-    -drive "file=$T/out.raw,format=raw,if=none,id=out0,cache=unsafe" \
-    -device virtio-blk-pci,drive=out0
+e2e_out_disk 512M
+e2e_boot_vm --add "$stage" qnbd-in-guest qnbd-in-guest.guest.sh -- "${E2E_OUT_ARGS[@]}"
 e2e_wait_result qnbd-in-guest
-mkdir -p "$T/out"
-tar -xf "$T/out.raw" -C "$T/out" || fail "no image in the guest's output disk"
-[[ -f $T/out/x.qcow2 ]] || fail "x.qcow2 is not in the guest's output"
-img_check "$T/out/x.qcow2"
-qemu-img convert -f qcow2 -O raw "$T/out/x.qcow2" "$T/x.raw" || fail "qemu-img convert"
-e2fsck -fn "$T/x.raw" >"$T/e2fsck.log" 2>&1 || { cat "$T/e2fsck.log" >&2; fail "e2fsck on the host"; }
+e2e_out_images x
+e2e_out_ext4 x
 finish

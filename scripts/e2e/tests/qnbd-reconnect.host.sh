@@ -17,18 +17,12 @@ mkimg "$stage/images/x.qcow2" 128M
 mkimg "$stage/images/y.qcow2" 16M
 mkimg "$stage/images/z.qcow2" 16M
 e2e_stage_qnbd "$stage"
-truncate -s 512M "$T/out.raw"
+e2e_out_disk 512M
 # The kernel logs the dead connection, the requests stuck on it and the new socket; the guest
 # script fails on I/O errors itself.
 e2e_boot_vm --env E2E_NBD_ERRORS_OK=1 --env "RECONNECT_OPTS=${RECONNECT_OPTS---reconnect-timeout 60}" \
-    --add "$stage" qnbd-reconnect qnbd-reconnect.guest.sh -- \
-    -drive "file=$T/out.raw,format=raw,if=none,id=out0,cache=unsafe" \
-    -device virtio-blk-pci,drive=out0
+    --add "$stage" qnbd-reconnect qnbd-reconnect.guest.sh -- "${E2E_OUT_ARGS[@]}"
 e2e_wait_result qnbd-reconnect
-mkdir -p "$T/out"
-tar -xf "$T/out.raw" -C "$T/out" || fail "no image in the guest's output disk"
-[[ -f $T/out/x.qcow2 ]] || fail "x.qcow2 is not in the guest's output"
-img_check "$T/out/x.qcow2"
-qemu-img convert -f qcow2 -O raw "$T/out/x.qcow2" "$T/x.raw" || fail "qemu-img convert"
-e2fsck -fn "$T/x.raw" >"$T/e2fsck.log" 2>&1 || { cat "$T/e2fsck.log" >&2; fail "e2fsck on the host"; }
+e2e_out_images x
+e2e_out_ext4 x
 finish
