@@ -400,11 +400,20 @@ TEST_CASE("diff_write: compat=0.10 images stay version 2", "[diff][write]") {
 
 TEST_CASE("diff_write: a read-only session leaves a written image byte-identical",
           "[diff][write]") {
+    // Clean, dirty (a writable open would rebuild its refcounts) and with a persistent bitmap
+    // (a writable open would clear its autoclear bit): read-only, nothing is written (R15).
+    const std::string kind = GENERATE("clean", "dirty", "bitmap");
+    INFO("image: " << kind);
     TempDir dir;
     std::string path = dir.file("ro.qcow2");
     qemu_create(path, 4 * MiB, "cluster_size=4096");
     qemu_io(path, prefill_cmds(dir, 4096, true, 5));
+    if (kind == "bitmap") run_ok("qemu-img bitmap --add " + shq(path) + " b0");
     Bytes before = read_file(path);
+    if (kind == "dirty") {
+        before[79] |= std::byte{1};  // incompatible feature bit 0
+        write_file(path, before);
+    }
     with_disk(path, true, [&](Disk& disk) -> awaitable<void> {
         (void)co_await read_ok(disk, 0, disk.size());
         require_ok(co_await disk.flush(), "flush of a read-only disk");

@@ -8,6 +8,8 @@
 // is in barrier_order_test (R18).
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+
 #include <set>
 
 #include "tests/unit/barrier_harness.hpp"
@@ -86,7 +88,8 @@ awaitable<uint64_t> write_chunks(Disk& d, const Fault& f) {
 awaitable<void> read_chunks(Disk& d, uint64_t acked) {
     for (uint64_t i = 0; i < acked; ++i) {
         const Bytes got = co_await read_ok(d, i * kChunk, kChunk);
-        CHECK(got == filled(kChunk, pattern(i)));
+        INFO("chunk " << i);
+        CHECK(std::count(got.begin(), got.end(), std::byte(pattern(i))) == kChunk);
     }
 }
 
