@@ -8,7 +8,9 @@ pkgs=(
   # The fuzz targets: clang 14, and libFuzzer with FuzzedDataProvider.h (libclang-rt-14-dev).
   clang-14 libclang-rt-14-dev
   libboost1.81-dev liburing-dev libspdlog-dev libfmt-dev libcli11-dev catch2
-  libnbd-dev zlib1g-dev libzstd-dev libsystemd-dev
+  libnbd-dev zlib1g-dev libzstd-dev libsystemd-dev libgnutls28-dev
+  # TLS test credentials (certtool, psktool).
+  gnutls-bin
   qemu-utils libnbd-bin python3-libnbd fio nbdkit
   qemu-system-x86 socat busybox-static cpio nbd-client e2fsprogs xz-utils
 )

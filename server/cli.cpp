@@ -6,8 +6,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <vector>
 
 #include "server/metrics_server.hpp"
+#include "server/tls_config.hpp"
 
 #ifndef QNBD_VERSION
 #define QNBD_VERSION "0.0.0"
@@ -21,10 +23,7 @@ namespace {
 const char* const kRefused[][2] = {
     {"-B,--bitmap", "exporting persistent dirty bitmaps"},
     {"-L,--list", "listing another server's exports (use nbdinfo --list)"},
-    {"--object", "--object definitions"},
-    {"--tls-creds", "TLS"},
-    {"--tls-authz", "TLS authorization"},
-    {"--tls-hostname", "TLS"},
+    {"--tls-hostname", "TLS server names (a client option)"},
     {"-T,--trace", "qemu trace events (use -v)"},
     {"--selinux-label", "SELinux socket labels"},
     {"-l,--load-snapshot", "exporting internal snapshots"},
@@ -81,6 +80,8 @@ const std::map<std::string, DetectZeroes> kDetectZeroes = {
 struct RawOptions {
     std::string port = "10809", shared = "1", offset = "0", handshake = "10", reconnect = "0";
     std::string cache, discard = "ignore", detect = "off", cache_size;  ///< cache: "" if not given
+    std::vector<std::string> objects;                                   ///< --object, as typed
+    std::string tls_creds, tls_authz;
     bool disconnect = false, version = false;
 };
 
@@ -97,6 +98,17 @@ void add_listen_options(CLI::App& app, Config& c, RawOptions& raw) {
                    "seconds a client may take to negotiate (default 10, 0: no limit)");
     app.add_option("-x,--export-name", c.export_name, "export name (default empty)");
     app.add_option("-D,--description", c.description, "export description");
+    app.add_option("--object", raw.objects,
+                   "define tls-creds-x509,id=ID,endpoint=server,dir=DIR[,verify-peer=on|off], "
+                   "tls-creds-psk,id=ID,endpoint=server,dir=DIR or "
+                   "authz-simple,id=ID,identity=NAME (qemu's spelling; repeatable)")
+        ->type_name("DEF");
+    app.add_option("--tls-creds", raw.tls_creds,
+                   "require TLS with the credentials of --object ID (see man qnbd)")
+        ->type_name("ID");
+    app.add_option("--tls-authz", raw.tls_authz,
+                   "with --tls-creds: let in only the client identity of authz-simple ID")
+        ->type_name("ID");
     app.add_option("--metrics", c.metrics,
                    "serve Prometheus metrics at ADDR: unix:PATH (or a path with a '/'), "
                    "HOST:PORT, or tcp:PORT on 127.0.0.1 (see docs/METRICS.md)")
@@ -226,6 +238,17 @@ Command finish_config(Config c, const RawOptions& raw) {
         c.metadata_cache_bytes = *s;
     }
     if (!check_metrics(c)) return ExitNow{1};
+    auto tls = resolve_tls(raw.objects, raw.tls_creds, raw.tls_authz);
+    if (!tls) {
+        std::fprintf(stderr, "qnbd: %s\n", tls.error().message.c_str());
+        return ExitNow{1};
+    }
+    c.tls = std::move(*tls);
+    if (c.tls && !c.connect_device.empty()) {
+        // As qemu-nbd: the kernel client of -c does not speak TLS to its own server.
+        std::fprintf(stderr, "qnbd: TLS is not supported with a host device (-c)\n");
+        return ExitNow{1};
+    }
     if (c.image.empty()) {
         std::fprintf(stderr, "qnbd: an image file is required (see --help)\n");
         return ExitNow{1};

@@ -2,9 +2,11 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "image/open.hpp"
+#include "server/tls_config.hpp"
 
 namespace qnbd::server {
 
@@ -50,6 +52,7 @@ struct Config {
     /// --reconnect-timeout: a netlink device waits this long for a new server (0: no wait).
     unsigned reconnect_timeout_s = 0;
     bool use_ioctl = false;  ///< --ioctl: attach with the NBD ioctls even where netlink exists.
+    std::optional<TlsCredsConfig> tls;  ///< --tls-creds: clients must use TLS.
 };
 
 /// Open options of the engine for a configuration.

@@ -17,6 +17,7 @@
 #include "protocol/validate.hpp"
 #include "server/export.hpp"
 #include "server/log_limit.hpp"
+#include "server/tls.hpp"
 #include "server/transport.hpp"
 
 namespace qnbd::server {
@@ -59,8 +60,10 @@ struct QueuedReply {
 /// Runs one client from handshake to close.
 class Connection : public std::enable_shared_from_this<Connection> {
   public:
+    /// With `tls`, the client must upgrade with NBD_OPT_STARTTLS before anything else.
     Connection(asio::any_io_executor ex, std::unique_ptr<Transport> t,
-               const ExportRegistry& exports, ConnectionLimits limits);
+               const ExportRegistry& exports, ConnectionLimits limits,
+               std::shared_ptr<const TlsCredentials> tls = nullptr);
     /// Handshake, then transmission; returns when the connection is closed.
     awaitable<void> run();
     /// Transmission only, for a socket already negotiated (the kernel client's).
@@ -92,10 +95,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
     std::unique_ptr<Transport> transport_;
     const ExportRegistry& exports_;
     ConnectionLimits limits_;
-    ConnectionLog log_;                  ///< Warnings this client causes, rate limited.
-    ReceiveBuffer rx_;                   ///< Transmission-phase input.
-    std::vector<QueuedReply*> replies_;  ///< Replies waiting for the writer, in order.
-    bool writing_ = false;               ///< A send() is writing replies out.
+    std::shared_ptr<const TlsCredentials> tls_;  ///< TLS required when set.
+    bool tls_active_ = false;                    ///< STARTTLS done: transport_ is TLS.
+    ConnectionLog log_;                          ///< Warnings this client causes, rate limited.
+    ReceiveBuffer rx_;                           ///< Transmission-phase input.
+    std::vector<QueuedReply*> replies_;          ///< Replies waiting for the writer, in order.
+    bool writing_ = false;                       ///< A send() is writing replies out.
     std::optional<Negotiated> neg_;
     size_t in_flight_ = 0;
     uint64_t in_flight_bytes_ = 0;

@@ -39,6 +39,9 @@ class Negotiation {
     awaitable<Next> unknown_export(uint32_t option, const std::string& name);
     awaitable<Next> meta_context(uint32_t option, Bytes payload);
     awaitable<Next> list(Bytes payload);
+    awaitable<Next> starttls(Bytes payload);
+    /// Before STARTTLS on a TLS server: only STARTTLS and ABORT are answered.
+    bool tls_required() const { return c_.tls_ && !c_.tls_active_; }
     uint16_t flags_for(const Export& e) const {
         return transmission_flags(e.features, structured_);
     }
@@ -77,10 +80,19 @@ awaitable<std::optional<Negotiated>> Negotiation::run() {
             co_return std::nullopt;
         }
         std::vector<std::byte> payload;
-        const bool keep = plan.action != PayloadAction::Discard;
+        const bool gated =
+            tls_required() && h->option != NBD_OPT_STARTTLS && h->option != NBD_OPT_ABORT;
+        const bool keep = plan.action != PayloadAction::Discard && !gated;
         if (!co_await read_payload(h->length, keep ? &payload : nullptr)) co_return std::nullopt;
         Next next = Next::Continue;
-        if (!keep) {
+        if (gated && h->option == NBD_OPT_EXPORT_NAME) {
+            // It has no error reply: the spec has the server close.
+            c_.log(spdlog::level::warn, "NBD_OPT_EXPORT_NAME before STARTTLS; closing");
+            next = Next::Close;
+        } else if (gated) {
+            if (!co_await reply_error(h->option, NBD_REP_ERR_TLS_REQD, "TLS is required"))
+                next = Next::Close;
+        } else if (!keep) {
             if (!co_await reply_error(h->option, plan.reply, plan.reason)) next = Next::Close;
         } else {
             next = co_await option(*h, payload);
@@ -110,6 +122,34 @@ awaitable<bool> Negotiation::read_payload(uint32_t length, std::vector<std::byte
     co_return true;
 }
 
+awaitable<Negotiation::Next> Negotiation::starttls(Bytes payload) {
+    const uint32_t o = NBD_OPT_STARTTLS;
+    std::string_view refusal;
+    uint32_t err = NBD_REP_ERR_POLICY;
+    if (!c_.tls_) {
+        refusal = "TLS is not configured on this server";
+    } else if (c_.tls_active_) {
+        refusal = "TLS is already active";
+        err = NBD_REP_ERR_INVALID;
+    } else if (auto d = decode_empty(payload); !d) {
+        co_return co_await reply_error(o, d.error().reply, d.error().message) ? Next::Continue
+                                                                              : Next::Close;
+    }
+    if (!refusal.empty())
+        co_return co_await reply_error(o, err, refusal) ? Next::Continue : Next::Close;
+    if (!co_await send(encode_rep_ack(o))) co_return Next::Close;
+    auto tls = std::make_unique<TlsTransport>(std::move(c_.transport_), c_.tls_);
+    TlsTransport& t = *tls;
+    c_.transport_ = std::move(tls);
+    if (auto r = co_await t.handshake(); !r) {
+        c_.log(spdlog::level::warn, "{}", r.error().message);
+        co_return Next::Close;
+    }
+    c_.tls_active_ = true;
+    spdlog::debug("{}: TLS established with '{}'", c_.peer(), t.identity());
+    co_return Next::Continue;
+}
+
 awaitable<Negotiation::Next> Negotiation::option(const OptionHeader& h, Bytes payload) {
     switch (h.option) {
         case NBD_OPT_EXPORT_NAME:
@@ -120,10 +160,7 @@ awaitable<Negotiation::Next> Negotiation::option(const OptionHeader& h, Bytes pa
         case NBD_OPT_LIST:
             co_return co_await list(payload);
         case NBD_OPT_STARTTLS:
-            co_return co_await reply_error(h.option, NBD_REP_ERR_POLICY,
-                                           "TLS is not configured on this server")
-                ? Next::Continue
-                : Next::Close;
+            co_return co_await starttls(payload);
         case NBD_OPT_INFO:
         case NBD_OPT_GO:
             co_return co_await info(h.option, payload);

@@ -20,6 +20,7 @@
 #include "server/server.hpp"
 #include "server/spawn.hpp"
 #include "server/systemd.hpp"
+#include "server/tls.hpp"
 
 namespace qnbd::server {
 namespace {
@@ -123,8 +124,9 @@ struct Served {
 /// Serves the export on a listener until the server stops.
 awaitable<Served> serve_network(asio::io_context& io, const Config& cfg, ExportRegistry& exports,
                                 Daemon& daemon, std::optional<int> listen_fd,
-                                ShutdownSignals& signals, Metrics* metrics) {
-    Server server(io, cfg, exports, metrics);
+                                ShutdownSignals& signals, Metrics* metrics,
+                                std::shared_ptr<const TlsCredentials> tls) {
+    Server server(io, cfg, exports, metrics, std::move(tls));
     auto r = listen_fd ? server.adopt(*listen_fd) : server.listen();
     if (!r) {
         spdlog::error("{}", r.error().message);
@@ -207,6 +209,15 @@ awaitable<int> serve(asio::io_context& io, const Config& cfg, Daemon& daemon,
         co_return 1;
     }
     Metrics* const m = *endpoint ? &metrics : nullptr;
+    std::shared_ptr<const TlsCredentials> tls;
+    if (cfg.tls) {
+        auto t = TlsCredentials::load(*cfg.tls);
+        if (!t) {
+            spdlog::error("{}", t.error().message);
+            co_return 1;
+        }
+        tls = std::move(*t);
+    }
     auto disk = co_await open_configured(io.get_executor(), cfg);
     if (!disk) {
         spdlog::error("{}", disk.error().message);
@@ -218,7 +229,7 @@ awaitable<int> serve(asio::io_context& io, const Config& cfg, Daemon& daemon,
     const std::shared_ptr<Export> exp = exports.find(cfg.export_name);
     if (m) exp->metrics = &m->add_export(exp->name, exp->disk);
     Served s = cfg.connect_device.empty()
-                   ? co_await serve_network(io, cfg, exports, daemon, listen_fd, signals, m)
+                   ? co_await serve_network(io, cfg, exports, daemon, listen_fd, signals, m, tls)
                    : co_await serve_kernel(io, cfg, exports, exp, daemon, signals, m);
     if (auto r = co_await (*disk)->close(); !r) {
         spdlog::error("{}: closing the image failed: {}", cfg.image, r.error().message);

@@ -79,8 +79,9 @@ class AcceptBackoff {
 
 }  // namespace
 
-Server::Server(asio::io_context& io, const Config& cfg, ExportRegistry& exports, Metrics* metrics)
-    : io_(io), cfg_(cfg), exports_(exports), metrics_(metrics) {}
+Server::Server(asio::io_context& io, const Config& cfg, ExportRegistry& exports, Metrics* metrics,
+               std::shared_ptr<const TlsCredentials> tls)
+    : io_(io), cfg_(cfg), exports_(exports), metrics_(metrics), tls_(std::move(tls)) {}
 
 ConnectionLimits Server::limits() const {
     ConnectionLimits l;
@@ -177,7 +178,8 @@ awaitable<void> Server::accept_loop(Listener<Acceptor>& l) {
 
 awaitable<void> Server::serve_client(std::unique_ptr<Transport> t) {
     const std::string peer = t->peer();
-    auto conn = std::make_shared<Connection>(io_.get_executor(), std::move(t), exports_, limits());
+    auto conn =
+        std::make_shared<Connection>(io_.get_executor(), std::move(t), exports_, limits(), tls_);
     connections_.insert(conn);
     ++clients_;
     ++served_;

@@ -29,9 +29,10 @@ struct Listener {
 /// Accepts clients for the exports of a registry until told to stop.
 class Server {
   public:
-    /// `metrics` (null without --metrics) counts the connections.
+    /// `metrics` (null without --metrics) counts the connections; with `tls` every network
+    /// client must use TLS.
     Server(asio::io_context& io, const Config& cfg, ExportRegistry& exports,
-           Metrics* metrics = nullptr);
+           Metrics* metrics = nullptr, std::shared_ptr<const TlsCredentials> tls = nullptr);
     /// Binds the listening socket: the unix socket of -k, else TCP; errors name the address.
     Result<void> listen();
     /// Serves `fd`, an already listening TCP or unix socket (socket activation).
@@ -59,6 +60,7 @@ class Server {
     const Config& cfg_;
     ExportRegistry& exports_;
     Metrics* metrics_;
+    std::shared_ptr<const TlsCredentials> tls_;
     std::optional<Listener<asio::ip::tcp::acceptor>> tcp_;
     std::optional<Listener<asio::local::stream_protocol::acceptor>> unix_;
     size_t clients_ = 0;

@@ -15,8 +15,9 @@ namespace qnbd::server {
 using namespace qnbd::nbd;
 
 Connection::Connection(asio::any_io_executor ex, std::unique_ptr<Transport> t,
-                       const ExportRegistry& exports, ConnectionLimits limits)
-    : ex_(ex), transport_(std::move(t)), exports_(exports), limits_(limits) {}
+                       const ExportRegistry& exports, ConnectionLimits limits,
+                       std::shared_ptr<const TlsCredentials> tls)
+    : ex_(ex), transport_(std::move(t)), exports_(exports), limits_(limits), tls_(std::move(tls)) {}
 
 awaitable<void> Connection::run() {
     auto n = co_await negotiate();

@@ -1,7 +1,6 @@
-// The byte stream a connection runs over. Connections only see Transport, so another kind of
-// stream (TLS, say) could be given to them without touching the protocol code. A connection
-// keeps its transport from accept to close: qnbd refuses NBD_OPT_STARTTLS and has no way to
-// replace the stream of a running connection.
+// The byte stream a connection runs over. Connections only see Transport: after
+// NBD_OPT_STARTTLS the negotiation replaces the plain one with a TlsTransport wrapping it
+// (server/tls.hpp), and nothing above it changes.
 #pragma once
 
 #include <boost/asio/as_tuple.hpp>

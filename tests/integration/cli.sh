@@ -36,8 +36,8 @@ out=$("$QNBD" create --help 2>&1) || fail "qnbd create --help failed"
 expect_refusal "-B" "-B.*not supported|bitmap.*not supported" -B bm "$T/a.qcow2"
 expect_refusal "-L" "not supported" -L "$T/a.qcow2"
 expect_refusal "--object" "object.*not supported" --object secret,id=s0,data=x "$T/a.qcow2"
-expect_refusal "--tls-creds" "tls-creds.*not supported" --tls-creds tls0 "$T/a.qcow2"
-expect_refusal "--tls-authz" "tls-authz.*not supported" --tls-authz a0 "$T/a.qcow2"
+expect_refusal "--tls-creds without its object" "no tls-creds object" --tls-creds tls0 "$T/a.qcow2"
+expect_refusal "--tls-authz without --tls-creds" "tls-authz needs --tls-creds" --tls-authz a0 "$T/a.qcow2"
 expect_refusal "--tls-hostname" "tls-hostname.*not supported" --tls-hostname h "$T/a.qcow2"
 expect_refusal "-T" "not supported" -T "nbd_*" "$T/a.qcow2"
 expect_refusal "--selinux-label" "selinux.*not supported" --selinux-label l "$T/a.qcow2"
@@ -47,7 +47,7 @@ expect_refusal "--image-opts" "image-opts.*not supported" --image-opts "driver=q
 # A refused option wins over --help and --version: capability probes must fail.
 expect_refusal "-B with --version" "bitmap.*not supported" -B bm --version
 expect_refusal "--help with -B" "bitmap.*not supported" --help -B bm
-expect_refusal "--object=... with -V" "object.*not supported" -V --object=secret,id=s0
+expect_refusal "--tls-hostname=... with -V" "tls-hostname.*not supported" -V --tls-hostname=h
 
 # qemu-nbd's style: one line naming the option and the value, exit status 1.
 run_t 10 "$QNBD" -p 99999 "$T/a.qcow2" 2>"$T/err"; rc=$?
