@@ -90,6 +90,8 @@ awaitable<std::optional<Negotiated>> Negotiation::run() {
             c_.log(spdlog::level::warn, "NBD_OPT_EXPORT_NAME before STARTTLS; closing");
             next = Next::Close;
         } else if (gated) {
+            c_.log(spdlog::level::warn, "{} refused before STARTTLS: TLS is required",
+                   option_name(h->option));
             if (!co_await reply_error(h->option, NBD_REP_ERR_TLS_REQD, "TLS is required"))
                 next = Next::Close;
         } else if (!keep) {

@@ -13,36 +13,9 @@ need psktool
 need nbdinfo
 need nbdcopy
 
-# --- credentials in qemu's layout -------------------------------------------------------------
+source "$(dirname "$0")/lib/tls.bash"
 pki=$T/pki
-mkdir -p "$pki"/{server,client,other,nocert,psk,badpsk}
-cert() {  # cert NAME TEMPLATE-LINES... : NAME-key.pem and NAME-cert.pem signed by the CA
-    local name=$1; shift
-    printf '%s\n' "$@" expiration_days=30 >"$pki/$name.info"
-    certtool --generate-privkey --outfile "$pki/$name-key.pem" >/dev/null 2>&1 || fail "certtool key"
-    certtool --generate-certificate --load-privkey "$pki/$name-key.pem" \
-        --load-ca-certificate "$pki/ca-cert.pem" --load-ca-privkey "$pki/ca-key.pem" \
-        --template "$pki/$name.info" --outfile "$pki/$name-cert.pem" >/dev/null 2>&1 ||
-        fail "certtool certificate $name"
-}
-printf '%s\n' 'cn = qnbd test CA' ca cert_signing_key expiration_days=30 >"$pki/ca.info"
-certtool --generate-privkey --outfile "$pki/ca-key.pem" >/dev/null 2>&1 || fail "certtool CA key"
-certtool --generate-self-signed --load-privkey "$pki/ca-key.pem" --template "$pki/ca.info" \
-    --outfile "$pki/ca-cert.pem" >/dev/null 2>&1 || fail "certtool CA"
-cert server 'cn = localhost' 'organization = qnbd test' 'dns_name = localhost' \
-    'ip_address = 127.0.0.1' tls_www_server encryption_key signing_key
-cert client 'cn = client' 'organization = qnbd test' tls_www_client encryption_key signing_key
-cert other 'cn = intruder' 'organization = qnbd test' tls_www_client encryption_key signing_key
-cp "$pki/ca-cert.pem" "$pki/server/"
-mv "$pki/server-cert.pem" "$pki/server-key.pem" "$pki/server/"
-for c in client other; do
-    cp "$pki/ca-cert.pem" "$pki/$c/"
-    mv "$pki/$c-cert.pem" "$pki/$c/client-cert.pem"
-    mv "$pki/$c-key.pem" "$pki/$c/client-key.pem"
-done
-cp "$pki/ca-cert.pem" "$pki/nocert/"
-psktool -u alice -p "$pki/psk/keys.psk" >/dev/null 2>&1 || fail "psktool"
-psktool -u alice -p "$pki/badpsk/keys.psk" >/dev/null 2>&1 || fail "psktool"
+make_pki "$pki"
 
 X509="tls-creds-x509,id=tls0,endpoint=server,dir=$pki/server"
 PSK="tls-creds-psk,id=tls0,endpoint=server,dir=$pki/psk"
@@ -141,5 +114,18 @@ run_t 60 qemu-io --object "tls-creds-psk,id=tls0,endpoint=client,dir=$pki/psk,us
     -c "read -P 0x5a 1M 4M" | grep -q "read 4194304" || fail "qemu-io read over PSK"
 check_alive p "after the wrong PSK"
 stop_server p
+
+# --tls-authz with PSK: the username. bob's key is valid, but only alice is authorized.
+mkdir -p "$pki/two"
+cp "$pki/psk/keys.psk" "$pki/two/"
+psktool -u bob -p "$pki/two/keys.psk" >/dev/null 2>&1 || fail "psktool bob"
+start_server q -t -e 0 --object "tls-creds-psk,id=tls0,endpoint=server,dir=$pki/two" \
+    --object authz-simple,id=a0,identity=alice --tls-creds tls0 --tls-authz a0 "$T/a.qcow2"
+run_t 30 nbdinfo --size "nbds://alice@127.0.0.1:${SRV_PORT[q]}/?tls-psk-file=$pki/two/keys.psk" \
+    >/dev/null || fail "alice was refused"
+run_t 30 nbdinfo --size "nbds://bob@127.0.0.1:${SRV_PORT[q]}/?tls-psk-file=$pki/two/keys.psk" \
+    >/dev/null 2>&1 && fail "bob was let in"
+grep -q "client identity 'bob' is not authorized" "${SRV_LOG[q]}" || fail "no log line names bob"
+stop_server q
 img_check "$T/a.qcow2"
 finish
