@@ -8,6 +8,7 @@
 #include <map>
 #include <vector>
 
+#include "server/export_options.hpp"
 #include "server/metrics_server.hpp"
 #include "server/tls_config.hpp"
 
@@ -81,6 +82,7 @@ struct RawOptions {
     std::string port = "10809", shared = "1", offset = "0", handshake = "10", reconnect = "0";
     std::string cache, discard = "ignore", detect = "off", cache_size;  ///< cache: "" if not given
     std::vector<std::string> objects;                                   ///< --object, as typed
+    std::vector<std::string> exports;                                   ///< --export, as typed
     std::string tls_creds, tls_authz;
     bool disconnect = false, version = false;
 };
@@ -102,7 +104,8 @@ void add_listen_options(CLI::App& app, Config& c, RawOptions& raw) {
                    "define tls-creds-x509,id=ID,endpoint=server,dir=DIR[,verify-peer=on|off], "
                    "tls-creds-psk,id=ID,endpoint=server,dir=DIR or "
                    "authz-simple,id=ID,identity=NAME (qemu's spelling; repeatable)")
-        ->type_name("DEF");
+        ->type_name("DEF")
+        ->allow_extra_args(false);
     app.add_option("--tls-creds", raw.tls_creds,
                    "require TLS with the credentials of --object ID (see man qnbd)")
         ->type_name("ID");
@@ -117,6 +120,12 @@ void add_listen_options(CLI::App& app, Config& c, RawOptions& raw) {
 
 /// How the image is opened and served.
 void add_image_options(CLI::App& app, Config& c, RawOptions& raw) {
+    app.add_option("--export", raw.exports,
+                   "serve PATH as export NAME: name=NAME,file=PATH[,format=qcow2|raw]"
+                   "[,read-only=on][,description=TEXT][,allocation-depth=on]; repeatable, "
+                   "instead of IMAGE")
+        ->type_name("SPEC")
+        ->allow_extra_args(false);
     app.add_flag("-r,--read-only", c.read_only, "export read-only");
     app.add_flag("-U,--force-share", c.force_share,
                  "with -r: serve an image other programs are writing (takes no lock on it)");
@@ -249,7 +258,11 @@ Command finish_config(Config c, const RawOptions& raw) {
         std::fprintf(stderr, "qnbd: TLS is not supported with a host device (-c)\n");
         return ExitNow{1};
     }
-    if (c.image.empty()) {
+    if (auto r = set_exports(c, raw.exports); !r) {
+        std::fprintf(stderr, "qnbd: %s\n", r.error().message.c_str());
+        return ExitNow{1};
+    }
+    if (c.image.empty() && c.exports.empty()) {
         std::fprintf(stderr, "qnbd: an image file is required (see --help)\n");
         return ExitNow{1};
     }

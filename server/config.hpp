@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "image/open.hpp"
 #include "server/tls_config.hpp"
@@ -19,6 +20,16 @@ enum class CacheMode { None, Writeback, Writethrough, Directsync, Unsafe };
 
 /// The -c spelling for "any free device" (the kernel picks it; netlink only).
 inline constexpr const char* kAnyDevice = "auto";
+
+/// One `--export name=NAME,file=PATH,...`: an image served under its own name.
+struct ExportSpec {
+    std::string name;
+    std::string file;
+    std::string format;  ///< "" (qcow2 only), "qcow2" or "raw".
+    std::string description;
+    bool read_only = false;
+    bool allocation_depth = false;
+};
 
 /// Everything `qnbd IMAGE` was asked to do.
 struct Config {
@@ -53,7 +64,14 @@ struct Config {
     unsigned reconnect_timeout_s = 0;
     bool use_ioctl = false;  ///< --ioctl: attach with the NBD ioctls even where netlink exists.
     std::optional<TlsCredsConfig> tls;  ///< --tls-creds: clients must use TLS.
+    /// --export, repeatable: several images, each under its name (instead of IMAGE, -x, -D).
+    std::vector<ExportSpec> exports;
 };
+
+/// The configuration of each export: `c` itself for `qnbd IMAGE`; for --export, `c` with
+/// the image, name, description, format, -r and -A of each spec (the other options apply to
+/// every export).
+std::vector<Config> export_configs(const Config& c);
 
 /// Open options of the engine for a configuration.
 OpenOptions open_options(const Config& c);

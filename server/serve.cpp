@@ -198,6 +198,49 @@ awaitable<Served> serve_kernel(asio::io_context& io, const Config& cfg, ExportRe
     co_return Served{rc, true};
 }
 
+/// An image opened for an export, closed when serving ends.
+struct Opened {
+    std::string image;
+    std::shared_ptr<Disk> disk;
+};
+
+/// Opens every export's image and adds the exports to `exports`; false (logged) if one fails.
+awaitable<bool> open_exports(asio::io_context& io, const Config& cfg, ExportRegistry& exports,
+                             Metrics* m, std::vector<Opened>& opened) {
+    for (const Config& ec : export_configs(cfg)) {
+        auto disk = co_await open_configured(io.get_executor(), ec);
+        if (!disk) {
+            spdlog::error("{}", disk.error().message);
+            co_return false;
+        }
+        opened.push_back(Opened{ec.image, *disk});
+        auto exp = make_export(ec, *disk);
+        if (m) exp->metrics = &m->add_export(exp->name, exp->disk);
+        exports.add(std::move(exp));
+    }
+    co_return true;
+}
+
+/// Writes back and closes every image; false (logged) if one failed. With `report`, logs
+/// each image's flush and allocation counts.
+awaitable<bool> close_exports(std::vector<Opened>& opened, bool report) {
+    bool ok = true;
+    for (Opened& o : opened) {
+        if (auto r = co_await o.disk->close(); !r) {
+            spdlog::error("{}: closing the image failed: {}", o.image, r.error().message);
+            ok = false;
+        }
+        const DiskStats st = o.disk->stats();
+        if (report)
+            spdlog::info(
+                "{}: {} flush requests, {} barriers, {} fdatasyncs, {} clusters allocated, {} "
+                "metadata writes",
+                o.image, st.flush_requests, st.barriers, st.syncs, st.clusters_allocated,
+                st.metadata_writes);
+    }
+    co_return ok;
+}
+
 }  // namespace
 
 awaitable<int> serve(asio::io_context& io, const Config& cfg, Daemon& daemon,
@@ -218,30 +261,18 @@ awaitable<int> serve(asio::io_context& io, const Config& cfg, Daemon& daemon,
         }
         tls = std::move(*t);
     }
-    auto disk = co_await open_configured(io.get_executor(), cfg);
-    if (!disk) {
-        spdlog::error("{}", disk.error().message);
+    ExportRegistry exports;
+    std::vector<Opened> opened;
+    if (!co_await open_exports(io, cfg, exports, m, opened)) {
+        co_await close_exports(opened, false);
         co_return 1;
     }
     ShutdownSignals signals(io);
-    ExportRegistry exports;
-    exports.add(make_export(cfg, *disk));
-    const std::shared_ptr<Export> exp = exports.find(cfg.export_name);
-    if (m) exp->metrics = &m->add_export(exp->name, exp->disk);
     Served s = cfg.connect_device.empty()
                    ? co_await serve_network(io, cfg, exports, daemon, listen_fd, signals, m, tls)
-                   : co_await serve_kernel(io, cfg, exports, exp, daemon, signals, m);
-    if (auto r = co_await (*disk)->close(); !r) {
-        spdlog::error("{}: closing the image failed: {}", cfg.image, r.error().message);
-        s.rc = 1;
-    }
-    const DiskStats st = (*disk)->stats();
-    if (s.any)
-        spdlog::info(
-            "{}: {} flush requests, {} barriers, {} fdatasyncs, {} clusters allocated, {} "
-            "metadata writes",
-            cfg.image, st.flush_requests, st.barriers, st.syncs, st.clusters_allocated,
-            st.metadata_writes);
+                   : co_await serve_kernel(io, cfg, exports, exports.find(cfg.export_name), daemon,
+                                           signals, m);
+    if (!co_await close_exports(opened, s.any)) s.rc = 1;
     if (!cfg.pid_file.empty()) ::unlink(cfg.pid_file.c_str());
     co_return s.rc;
 }

@@ -2,6 +2,7 @@
 // then KEY=VALUE pairs separated by commas; a comma inside a value is written twice.
 #include <map>
 
+#include "server/qemu_opts.hpp"
 #include "server/tls_config.hpp"
 
 namespace qnbd::server {
@@ -13,57 +14,22 @@ struct ObjectDef {
     std::map<std::string, std::string> props;
 };
 
-std::vector<std::string> split_opts(const std::string& s) {
-    std::vector<std::string> out(1);
-    for (size_t i = 0; i < s.size(); ++i) {
-        if (s[i] == ',' && i + 1 < s.size() && s[i + 1] == ',') {
-            out.back() += ',';
-            ++i;
-        } else if (s[i] == ',') {
-            out.emplace_back();
-        } else {
-            out.back() += s[i];
-        }
-    }
-    return out;
-}
-
 Result<ObjectDef> parse_object(const std::string& text) {
-    auto parts = split_opts(text);
+    auto parts = split_qemu_opts(text);
     ObjectDef d;
     d.type = parts[0];
     if (d.type.rfind("qom-type=", 0) == 0) d.type = d.type.substr(9);
-    for (size_t i = 1; i < parts.size(); ++i) {
-        const auto eq = parts[i].find('=');
-        if (eq == std::string::npos || eq == 0)
-            return Error{EINVAL, "--object " + text + ": '" + parts[i] + "' is not KEY=VALUE"};
-        if (!d.props.emplace(parts[i].substr(0, eq), parts[i].substr(eq + 1)).second)
-            return Error{EINVAL,
-                         "--object " + text + ": " + parts[i].substr(0, eq) + " is given twice"};
-    }
+    auto props = qemu_key_values(parts, 1, "--object " + text);
+    if (!props) return props.error();
+    d.props = std::move(*props);
     if (!d.props.count("id") || d.props["id"].empty())
         return Error{EINVAL, "--object " + text + ": id= is required"};
     return d;
 }
 
-/// Checks that `d` has only `allowed` properties.
-Result<void> only(const ObjectDef& d, std::initializer_list<const char*> allowed) {
-    for (const auto& [k, v] : d.props) {
-        bool known = false;
-        for (const char* a : allowed) known = known || k == a;
-        if (!known)
-            return Error{EINVAL, "--object " + d.type + ",id=" + d.props.at("id") + ": property '" +
-                                     k + "' is not supported by qnbd"};
-    }
-    return ok();
-}
-
-Result<bool> on_off(const ObjectDef& d, const std::string& key, bool dflt) {
-    auto it = d.props.find(key);
-    if (it == d.props.end()) return dflt;
-    if (it->second == "on" || it->second == "yes" || it->second == "true") return true;
-    if (it->second == "off" || it->second == "no" || it->second == "false") return false;
-    return Error{EINVAL, "--object " + d.props.at("id") + ": " + key + " must be on or off"};
+/// How errors name an object.
+std::string object_name(const ObjectDef& d) {
+    return "--object " + d.type + ",id=" + d.props.at("id");
 }
 
 Result<TlsCredsConfig> creds_from(const ObjectDef& d) {
@@ -71,8 +37,8 @@ Result<TlsCredsConfig> creds_from(const ObjectDef& d) {
     c.id = d.props.at("id");
     const bool x509 = d.type == "tls-creds-x509";
     c.kind = x509 ? TlsCredsConfig::Kind::X509 : TlsCredsConfig::Kind::Psk;
-    if (auto r = x509 ? only(d, {"id", "endpoint", "dir", "verify-peer"})
-                      : only(d, {"id", "endpoint", "dir"});
+    if (auto r = x509 ? only_keys(d.props, {"id", "endpoint", "dir", "verify-peer"}, object_name(d))
+                      : only_keys(d.props, {"id", "endpoint", "dir"}, object_name(d));
         !r)
         return r.error();
     auto ep = d.props.find("endpoint");
@@ -82,7 +48,7 @@ Result<TlsCredsConfig> creds_from(const ObjectDef& d) {
     if (dir == d.props.end() || dir->second.empty())
         return Error{EINVAL, "TLS credentials '" + c.id + "': dir= is required"};
     c.dir = dir->second;
-    auto v = on_off(d, "verify-peer", true);
+    auto v = on_off(d.props, "verify-peer", true, object_name(d));
     if (!v) return v.error();
     c.verify_peer = *v;
     return c;
@@ -119,7 +85,8 @@ Result<std::optional<TlsCredsConfig>> resolve_tls(const std::vector<std::string>
         if (a == defs.end() || a->second.type != "authz-simple")
             return Error{EINVAL,
                          "--tls-authz " + authz_id + ": no authz-simple object with that id"};
-        if (auto r = only(a->second, {"id", "identity"}); !r) return r.error();
+        if (auto r = only_keys(a->second.props, {"id", "identity"}, object_name(a->second)); !r)
+            return r.error();
         auto ident = a->second.props.find("identity");
         if (ident == a->second.props.end())
             return Error{EINVAL,
