@@ -112,6 +112,10 @@ void add_listen_options(CLI::App& app, Config& c, RawOptions& raw) {
     app.add_option("--tls-authz", raw.tls_authz,
                    "with --tls-creds: let in only the client identity of authz-simple ID")
         ->type_name("ID");
+    app.add_option("--control", c.control_path,
+                   "a unix socket (owner-only) taking JSON commands: block-export-add, "
+                   "block-export-del, query-block-exports, query-stats (see man qnbd)")
+        ->type_name("PATH");
     app.add_option("--metrics", c.metrics,
                    "serve Prometheus metrics at ADDR: unix:PATH (or a path with a '/'), "
                    "HOST:PORT, or tcp:PORT on 127.0.0.1 (see docs/METRICS.md)")
@@ -253,6 +257,10 @@ Command finish_config(Config c, const RawOptions& raw) {
         return ExitNow{1};
     }
     c.tls = std::move(*tls);
+    if (!c.control_path.empty() && !c.connect_device.empty()) {
+        std::fprintf(stderr, "qnbd: --control cannot be used with -c\n");
+        return ExitNow{1};
+    }
     if (c.tls && !c.connect_device.empty()) {
         // As qemu-nbd: the kernel client of -c does not speak TLS to its own server.
         std::fprintf(stderr, "qnbd: TLS is not supported with a host device (-c)\n");

@@ -66,6 +66,7 @@ struct Config {
     std::optional<TlsCredsConfig> tls;  ///< --tls-creds: clients must use TLS.
     /// --export, repeatable: several images, each under its name (instead of IMAGE, -x, -D).
     std::vector<ExportSpec> exports;
+    std::string control_path;  ///< --control: the control socket (server/control.hpp).
 };
 
 /// The configuration of each export: `c` itself for `qnbd IMAGE`; for --export, `c` with

@@ -69,6 +69,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
     /// Transmission only, for a socket already negotiated (the kernel client's).
     awaitable<void> serve(Negotiated n);
     const std::string& peer() const { return transport_->peer(); }
+    /// The export this connection serves, once its transmission phase has begun.
+    const Export* export_in_use() const { return neg_ ? neg_->exp.get() : nullptr; }
     /// The server is stopping: no more requests are read, the ones in flight finish and their
     /// replies are sent (as the NBD spec asks), then the connection closes; a client that does
     /// not take its replies within `kShutdownGrace` is closed anyway. run() then returns.

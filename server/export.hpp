@@ -1,5 +1,6 @@
 // Exports: a named Disk with the features its connections offer. The registry maps names to
-// exports (qnbd serves one, named by -x); connections to one export share its Disk.
+// exports (-x, or each --export, or the control socket's additions); connections to one export
+// share its Disk.
 #pragma once
 
 #include <map>
@@ -32,6 +33,8 @@ struct Export {
 class ExportRegistry {
   public:
     void add(std::shared_ptr<Export> e) { exports_[e->name] = std::move(e); }
+    /// New connections no longer find `name`; its current connections keep their export.
+    void remove(const std::string& name) { exports_.erase(name); }
     /// The export called `name`, or null.
     std::shared_ptr<Export> find(const std::string& name) const {
         auto it = exports_.find(name);

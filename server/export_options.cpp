@@ -59,20 +59,22 @@ Result<void> set_exports(Config& c, const std::vector<std::string>& specs) {
     return ok();
 }
 
+Config config_for(const Config& c, const ExportSpec& e) {
+    Config d = c;
+    d.exports.clear();
+    d.image = e.file;
+    d.export_name = e.name;
+    d.description = e.description;
+    if (!e.format.empty()) d.format = e.format;
+    d.read_only = c.read_only || e.read_only;
+    d.allocation_depth = c.allocation_depth || e.allocation_depth;
+    return d;
+}
+
 std::vector<Config> export_configs(const Config& c) {
     if (c.exports.empty()) return {c};
     std::vector<Config> out;
-    for (const ExportSpec& e : c.exports) {
-        Config d = c;
-        d.exports.clear();
-        d.image = e.file;
-        d.export_name = e.name;
-        d.description = e.description;
-        if (!e.format.empty()) d.format = e.format;
-        d.read_only = c.read_only || e.read_only;
-        d.allocation_depth = c.allocation_depth || e.allocation_depth;
-        out.push_back(std::move(d));
-    }
+    for (const ExportSpec& e : c.exports) out.push_back(config_for(c, e));
     return out;
 }
 

@@ -14,7 +14,9 @@
 #include "image/open.hpp"
 #include "qcow2/create.hpp"
 #include "server/attach.hpp"
+#include "server/control.hpp"
 #include "server/kernel.hpp"
+#include "server/live_exports.hpp"
 #include "server/logging.hpp"
 #include "server/metrics_server.hpp"
 #include "server/server.hpp"
@@ -26,64 +28,6 @@ namespace qnbd::server {
 namespace {
 
 using LocalSocket = asio::local::stream_protocol::socket;
-
-/// -s: a temporary overlay whose backing file is the image; it is unlinked once open.
-Result<std::string> make_snapshot_overlay(const Config& cfg, uint64_t size) {
-    namespace fs = std::filesystem;
-    std::string dir = std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/var/tmp";
-    std::string path = dir + "/qnbd-snapshot-XXXXXX";
-    int fd = ::mkstemp(path.data());
-    if (fd < 0) return Error{errno, "cannot create a temporary overlay in " + dir};
-    ::close(fd);
-    qcow2::CreateOptions o;
-    o.size = size;
-    o.backing_file = fs::absolute(cfg.image).string();
-    o.backing_format = cfg.format.empty() ? "qcow2" : cfg.format;
-    if (auto r = qcow2::create_image(path, o); !r) return r.error();
-    return path;
-}
-
-/// The export described by the configuration, around an open disk.
-std::shared_ptr<Export> make_export(const Config& cfg, std::shared_ptr<Disk> disk) {
-    auto e = std::make_shared<Export>();
-    e->name = cfg.export_name;
-    e->description = cfg.description;
-    e->disk = make_window_disk(std::move(disk), cfg.offset);
-    e->discard = cfg.discard;
-    e->detect_zeroes = cfg.detect_zeroes;
-    e->unsafe_flush = cfg.cache == CacheMode::Unsafe;
-    e->features.read_only = e->disk->read_only();
-    e->features.multi_conn = cfg.shared != 1;
-    e->contexts = nbd::MetaContextSet{nbd::MetaContext::base_allocation};
-    if (cfg.allocation_depth) e->contexts.add(nbd::MetaContext::qemu_allocation_depth);
-    return e;
-}
-
-awaitable<Result<std::shared_ptr<Disk>>> open_configured(asio::any_io_executor ex,
-                                                         const Config& cfg) {
-    std::string path = cfg.image;
-    OpenOptions opts = open_options(cfg);
-    std::string overlay;
-    if (cfg.snapshot) {
-        OpenOptions ro = opts;
-        ro.read_only = true;
-        auto base = co_await open_disk(ex, path, ro);
-        if (!base) co_return base.error();
-        auto size = (*base)->size();
-        (void)co_await (*base)->close();
-        auto o = make_snapshot_overlay(cfg, size);
-        if (!o) co_return o.error();
-        overlay = *o;
-        path = overlay;
-        opts.format = "qcow2";
-        opts.read_only = false;
-    }
-    auto d = co_await open_disk(ex, path, opts);
-    if (!overlay.empty()) ::unlink(overlay.c_str());
-    if (!d) co_return d.error();
-    if (cfg.offset > (*d)->size()) co_return Error{EINVAL, "offset is beyond the end of the image"};
-    co_return std::shared_ptr<Disk>(std::move(*d));
-}
 
 /// SIGINT and SIGTERM for as long as the process serves and closes its image: the first one
 /// runs the action of the current phase (stop the server, detach the device); while the
@@ -122,15 +66,30 @@ struct Served {
 };
 
 /// Serves the export on a listener until the server stops.
-awaitable<Served> serve_network(asio::io_context& io, const Config& cfg, ExportRegistry& exports,
+awaitable<Served> serve_network(asio::io_context& io, const Config& cfg, LiveExports& live,
                                 Daemon& daemon, std::optional<int> listen_fd,
                                 ShutdownSignals& signals, Metrics* metrics,
                                 std::shared_ptr<const TlsCredentials> tls) {
-    Server server(io, cfg, exports, metrics, std::move(tls));
+    Server server(io, cfg, live.registry(), metrics, std::move(tls));
     auto r = listen_fd ? server.adopt(*listen_fd) : server.listen();
     if (!r) {
         spdlog::error("{}", r.error().message);
         co_return Served{1, false};
+    }
+    std::optional<ControlServer> control;
+    bool control_done = true;
+    Notifier control_ended;
+    if (!cfg.control_path.empty()) {
+        control.emplace(io, cfg, live, server);
+        if (auto c = control->listen(cfg.control_path); !c) {
+            spdlog::error("{}", c.error().message);
+            co_return Served{1, false};
+        }
+        control_done = false;
+        asio::co_spawn(io, control->run(), [&](std::exception_ptr) {
+            control_done = true;
+            control_ended.notify_all();
+        });
     }
     if (!announce_ready(daemon, cfg, "serving " + server.where())) co_return Served{1, false};
     signals.on_signal([&server](int sig) {
@@ -138,6 +97,8 @@ awaitable<Served> serve_network(asio::io_context& io, const Config& cfg, ExportR
         server.stop(true);
     });
     co_await server.run();
+    if (control) control->stop();
+    while (!control_done) co_await control_ended.wait();
     signals.on_signal(nullptr);
     notify_stopping();
     co_return Served{0, server.served() > 0};
@@ -198,49 +159,6 @@ awaitable<Served> serve_kernel(asio::io_context& io, const Config& cfg, ExportRe
     co_return Served{rc, true};
 }
 
-/// An image opened for an export, closed when serving ends.
-struct Opened {
-    std::string image;
-    std::shared_ptr<Disk> disk;
-};
-
-/// Opens every export's image and adds the exports to `exports`; false (logged) if one fails.
-awaitable<bool> open_exports(asio::io_context& io, const Config& cfg, ExportRegistry& exports,
-                             Metrics* m, std::vector<Opened>& opened) {
-    for (const Config& ec : export_configs(cfg)) {
-        auto disk = co_await open_configured(io.get_executor(), ec);
-        if (!disk) {
-            spdlog::error("{}", disk.error().message);
-            co_return false;
-        }
-        opened.push_back(Opened{ec.image, *disk});
-        auto exp = make_export(ec, *disk);
-        if (m) exp->metrics = &m->add_export(exp->name, exp->disk);
-        exports.add(std::move(exp));
-    }
-    co_return true;
-}
-
-/// Writes back and closes every image; false (logged) if one failed. With `report`, logs
-/// each image's flush and allocation counts.
-awaitable<bool> close_exports(std::vector<Opened>& opened, bool report) {
-    bool ok = true;
-    for (Opened& o : opened) {
-        if (auto r = co_await o.disk->close(); !r) {
-            spdlog::error("{}: closing the image failed: {}", o.image, r.error().message);
-            ok = false;
-        }
-        const DiskStats st = o.disk->stats();
-        if (report)
-            spdlog::info(
-                "{}: {} flush requests, {} barriers, {} fdatasyncs, {} clusters allocated, {} "
-                "metadata writes",
-                o.image, st.flush_requests, st.barriers, st.syncs, st.clusters_allocated,
-                st.metadata_writes);
-    }
-    co_return ok;
-}
-
 }  // namespace
 
 awaitable<int> serve(asio::io_context& io, const Config& cfg, Daemon& daemon,
@@ -261,18 +179,21 @@ awaitable<int> serve(asio::io_context& io, const Config& cfg, Daemon& daemon,
         }
         tls = std::move(*t);
     }
-    ExportRegistry exports;
-    std::vector<Opened> opened;
-    if (!co_await open_exports(io, cfg, exports, m, opened)) {
-        co_await close_exports(opened, false);
-        co_return 1;
+    LiveExports live(io, m);
+    for (const Config& ec : export_configs(cfg)) {
+        if (auto r = co_await live.add(ec); !r) {
+            spdlog::error("{}", r.error().message);
+            co_await live.close_all(false);
+            co_return 1;
+        }
     }
     ShutdownSignals signals(io);
+    ExportRegistry& exports = live.registry();
     Served s = cfg.connect_device.empty()
-                   ? co_await serve_network(io, cfg, exports, daemon, listen_fd, signals, m, tls)
+                   ? co_await serve_network(io, cfg, live, daemon, listen_fd, signals, m, tls)
                    : co_await serve_kernel(io, cfg, exports, exports.find(cfg.export_name), daemon,
                                            signals, m);
-    if (!co_await close_exports(opened, s.any)) s.rc = 1;
+    if (!co_await live.close_all(s.any)) s.rc = 1;
     if (!cfg.pid_file.empty()) ::unlink(cfg.pid_file.c_str());
     co_return s.rc;
 }

@@ -195,6 +195,28 @@ awaitable<void> Server::serve_client(std::unique_ptr<Transport> t) {
     spdlog::info("{}: disconnected", peer);
 }
 
+size_t Server::connections_to(const Export* e) const {
+    size_t n = 0;
+    for (const auto& c : connections_) n += c->export_in_use() == e;
+    return n;
+}
+
+awaitable<bool> Server::wait_export_idle(const Export* e, std::chrono::seconds timeout) {
+    // An operator's command, not the request path: polling every 50 ms is plenty.
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    asio::steady_timer timer(io_);
+    while (connections_to(e) && std::chrono::steady_clock::now() < deadline) {
+        timer.expires_after(std::chrono::milliseconds(50));
+        co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+    co_return connections_to(e) == 0;
+}
+
+void Server::shutdown_export(const Export* e) {
+    for (const auto& c : connections_)
+        if (c->export_in_use() == e) c->shutdown();
+}
+
 void Server::client_left(const std::shared_ptr<Connection>& conn) {
     connections_.erase(conn);
     --clients_;

@@ -6,6 +6,7 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <set>
@@ -46,6 +47,12 @@ class Server {
     /// Stops accepting; with `drop_clients`, closes every connection too (their requests in
     /// flight finish first). run() then returns.
     void stop(bool drop_clients);
+    /// Connections in the transmission phase of `e`.
+    size_t connections_to(const Export* e) const;
+    /// Waits up to `timeout` until no connection uses `e`; true if none does.
+    awaitable<bool> wait_export_idle(const Export* e, std::chrono::seconds timeout);
+    /// Shuts down every connection of `e` (their requests in flight finish first).
+    void shutdown_export(const Export* e);
     /// Serves one already-connected, already-negotiated stream (the kernel client) until it ends.
     awaitable<void> run_attached(std::unique_ptr<Transport> t, Negotiated n);
 

@@ -27,6 +27,12 @@ awaitable<void> Connection::run() {
         log_.finish(peer());
         co_return;
     }
+    if (exports_.find(n->exp->name) != n->exp) {
+        // Removed (control socket) while this client negotiated it: its image may be closing.
+        log(spdlog::level::warn, "export '{}' was removed during the handshake", n->exp->name);
+        transport_->close();
+        co_return;
+    }
     co_await serve(std::move(*n));
 }
 
