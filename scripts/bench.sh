@@ -11,6 +11,7 @@
 # W4 4 KiB random reads, depth 32, fully allocated image
 # W5 4 KiB random writes, depth 32, no flushes, fresh image
 # W6 W3 and W4 at 1, 4, 16, 64 connections; W4 on a 1 TiB image with 64x--size allocated
+# W7 W1 (seq and rand images) and W4 over TLS (x509), qnbd against qemu-nbd, both with TLS
 # Then the W3 and W5 write patterns once more through qnbd with fio --verify, and qemu-img check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,6 +72,17 @@ if want W6; then
   done
   row "W6 W4 1 TiB image" IOPS "$dir/huge.qcow2" "" \
     --rw=randread --bs=4k --iodepth=32 --size="$((bytes * 64))" --time_based --runtime="$runtime"
+fi
+if want W7; then
+  prepare_pki
+  bench_tls=1
+  for o in seq rand; do
+    row "W7 W1 $o over TLS" MB/s "$dir/t-$o.qcow2" "" \
+      --rw=read --bs=1M --iodepth=1 --size="$bytes" --time_based --runtime="$runtime"
+  done
+  row "W7 W4 over TLS" IOPS "$dir/full.qcow2" "" \
+    --rw=randread --bs=4k --iodepth=32 --size="$bytes" --time_based --runtime="$runtime"
+  bench_tls=0
 fi
 # Correctness of the write paths just measured: fio --verify through qnbd, then qemu-img check.
 if want W3; then

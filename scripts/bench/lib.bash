@@ -34,10 +34,37 @@ prepare_images() {
   fi
 }
 
+# The URI of the server on port $1 (over TLS with bench_tls=1, as the W7 rows set it).
+nbd_uri() {
+  if [ "${bench_tls:-0}" = 1 ]; then
+    # fio may not name local files in a URI (tls-certificates=): the server certificate is not
+    # verified, and the server asks for none (verify-peer=off).
+    echo "nbds://127.0.0.1:$1/?tls-verify-peer=false"
+  else
+    echo "nbd://127.0.0.1:$1"
+  fi
+}
+
+# TLS credentials for the W7 rows (made once, in qemu's layout).
+prepare_pki() {
+  [ -f "$dir/pki/server/server-cert.pem" ] && return 0
+  fail() { echo "bench: $*" >&2; exit 1; }
+  source "$root/tests/integration/lib/tls.bash"
+  rm -rf "$dir/pki"
+  make_pki "$dir/pki"
+}
+
+# The server options of TLS with bench_tls=1 (the same x509 credentials for both servers).
+tls_opts() {
+  [ "${bench_tls:-0}" = 1 ] &&
+    echo "--object tls-creds-x509,id=tls0,endpoint=server,dir=$dir/pki/server,verify-peer=off --tls-creds tls0"
+  return 0
+}
+
 wait_port() {
   local i
   for i in $(seq 200); do
-    nbdinfo --size "nbd://127.0.0.1:$1" >/dev/null 2>&1 && return 0
+    nbdinfo --size "$(nbd_uri "$1")" >/dev/null 2>&1 && return 0
     kill -0 "$2" 2>/dev/null || return 1
     sleep 0.05
   done
@@ -50,8 +77,10 @@ start_server() {
   port=$((port + 1))
   srv_port=$port
   case $kind in
-    qnbd) "$qnbd" -t -e 0 --cache=none -p "$port" "$image" 2>"$dir/qnbd.log" & ;;
-    qemu-nbd) qemu-nbd -t -e 0 --cache=none --aio=native -f qcow2 -p "$port" "$image" 2>"$dir/qemu-nbd.log" & ;;
+    # shellcheck disable=SC2046  # tls_opts is words
+    qnbd) "$qnbd" -t -e 0 --cache=none $(tls_opts) -p "$port" "$image" 2>"$dir/qnbd.log" & ;;
+    # shellcheck disable=SC2046
+    qemu-nbd) qemu-nbd -t -e 0 --cache=none --aio=native $(tls_opts) -f qcow2 -p "$port" "$image" 2>"$dir/qemu-nbd.log" & ;;
     qemu-nbd-raw) qemu-nbd -t -e 0 --cache=none --aio=native -f raw -p "$port" "$image" 2>/dev/null & ;;
     nbdkit) nbdkit -f -i 127.0.0.1 -p "$port" file "$image" cache=none 2>/dev/null & ;;
   esac
@@ -72,7 +101,7 @@ stop_server() {
 # run_fio UNIT ARGS...: prints "value bytes_moved" for the running server.
 run_fio() {
   local unit=$1; shift
-  fio --name=bench --ioengine=nbd --uri="nbd://127.0.0.1:$srv_port" --group_reporting \
+  fio --name=bench --ioengine=nbd --uri="$(nbd_uri "$srv_port")" --group_reporting \
       --output-format=json --output="$dir/fio.json" "$@" >/dev/null 2>"$dir/fio.err" || { cat "$dir/fio.err" >&2; echo "0 0"; return; }
   python3 - "$dir/fio.json" "$unit" <<'PY'
 import json, sys

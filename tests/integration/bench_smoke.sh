@@ -9,12 +9,12 @@ fio --enghelp 2>/dev/null | grep -qw nbd || skip "fio has no nbd engine"
 run_t 900 "$QNBD_SOURCE_DIR/scripts/bench.sh" --smoke --qnbd "$QNBD" --dir "$T/bench" \
     >"$T/out.txt" 2>"$T/err.txt" || { cat "$T/err.txt" "$T/out.txt" >&2; fail "bench.sh --smoke failed"; }
 cat "$T/out.txt"
-rows=$(grep -cE '^W[1-6] ' "$T/out.txt")
-[ "$rows" = 16 ] || fail "expected 16 workload rows, got $rows"
+rows=$(grep -cE '^W[1-7] ' "$T/out.txt")
+[ "$rows" = 19 ] || fail "expected 19 workload rows, got $rows"
 python3 - "$T/out.txt" <<'PY' || fail "table check"
 import re, sys
 for line in open(sys.argv[1]):
-    if not re.match(r"W[1-6] ", line):
+    if not re.match(r"W[1-7] ", line):
         continue
     f = line.split()
     unit = next(i for i, x in enumerate(f) if x in ("MB/s", "IOPS"))
