@@ -6,7 +6,9 @@
 # and ABORT gets NBD_REP_ERR_TLS_REQD, LIST reveals nothing), a client without a certificate
 # when verify-peer=on, a certificate or PSK username other than --tls-authz's, a wrong PSK;
 # each with a log line saying why, and the server keeps serving. Also refused at start: -c
-# with TLS, unknown objects and properties, a client endpoint, a missing file.
+# with TLS, unknown objects and properties, a client endpoint, a missing file. A client that
+# stalls after STARTTLS is dropped by the handshake timeout; garbage instead of a TLS
+# handshake is logged and dropped.
 source "$(dirname "$0")/lib/common.bash"
 need certtool
 need psktool
@@ -42,7 +44,8 @@ refused_start "cannot read $pki/client/server-cert.pem" --object \
     "tls-creds-x509,id=tls0,endpoint=server,dir=$pki/client" --tls-creds tls0 "$T/a.qcow2"
 
 # --- x509 with verify-peer=on (qemu's default) ------------------------------------------------
-start_server x -t -e 0 --object "$X509" --tls-creds tls0 -x disk -D "TLS disk" "$T/a.qcow2"
+start_server x -t -e 0 --handshake-timeout 3 --object "$X509" --tls-creds tls0 -x disk \
+    -D "TLS disk" "$T/a.qcow2"
 PORT=${SRV_PORT[x]}
 TLSURI="nbds://127.0.0.1:$PORT/disk?tls-certificates=$pki/client"
 out=$(run_t 30 nbdinfo --size "$TLSURI") || fail "nbdinfo over TLS failed"
@@ -64,6 +67,35 @@ run_t 30 nbdinfo --size "nbds://127.0.0.1:$PORT/disk?tls-certificates=$pki/nocer
     >/dev/null 2>&1 && fail "a client without a certificate was let in"
 grep -q "client certificate refused\|TLS handshake failed" "${SRV_LOG[x]}" ||
     fail "no log line says why the client without a certificate was refused"
+
+# A client that asks for STARTTLS and then stalls is dropped by the handshake timeout; one that
+# sends garbage instead of a TLS ClientHello fails the handshake with a log line. The server
+# serves on.
+"$PYTHON" - "$PORT" <<'EOF' || fail "raw STARTTLS clients"
+import socket, struct, sys, time
+def starttls(port):
+    s = socket.create_connection(("127.0.0.1", int(port)))
+    s.settimeout(20)
+    greeting = b""
+    while len(greeting) < 18:
+        greeting += s.recv(18 - len(greeting))
+    s.sendall(struct.pack(">I", 1) + b"IHAVEOPT" + struct.pack(">II", 5, 0))
+    reply = b""
+    while len(reply) < 20:
+        reply += s.recv(20 - len(reply))
+    assert struct.unpack(">QII", reply[:16])[2] == 1, "STARTTLS not acknowledged"
+    return s
+stall = starttls(sys.argv[1])
+start = time.time()
+assert stall.recv(1) == b"", "the stalled TLS client was sent something"
+took = time.time() - start
+assert 1 <= took <= 10, f"the stalled TLS client was dropped after {took:.1f} s"
+junk = starttls(sys.argv[1])
+junk.sendall(b"GET / HTTP/1.0\r\n\r\n" * 4)
+junk.recv(4096)
+EOF
+sleep 0.5
+grep -q "TLS handshake failed" "${SRV_LOG[x]}" || fail "no log line for the garbage TLS handshake"
 
 # qemu-io writes over TLS, qemu-img reads back; nbdcopy copies it out.
 QOPTS="driver=nbd,host=127.0.0.1,port=$PORT,export=disk,tls-creds=tls0"
