@@ -114,6 +114,19 @@ check_alive x "after the refused clients"
 stop_server x
 img_check "$T/a.qcow2"
 
+# SIGTERM while a TLS client writes: the requests in flight finish, the server exits 0 and the
+# image is clean.
+head -c 48M /dev/urandom >"$T/src.raw"
+mkimg "$T/w.qcow2" 64M
+start_server w -t -e 0 --object "$X509" --tls-creds tls0 "$T/w.qcow2"
+run_t 60 nbdcopy --requests=16 "$T/src.raw" \
+    "nbds://127.0.0.1:${SRV_PORT[w]}/?tls-certificates=$pki/client" >/dev/null 2>&1 &
+copier=$!
+sleep 0.5
+stop_server w
+wait "$copier" 2>/dev/null || true
+img_check "$T/w.qcow2"
+
 # --- --tls-authz: only the client certificate's distinguished name ---------------------------
 DN="O=qnbd test,CN=client"
 # A comma inside a property value is doubled, as in qemu.
