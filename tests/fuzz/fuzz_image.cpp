@@ -183,7 +183,7 @@ Plan plan_for(uint64_t size) {
 
 Buffer pattern(uint64_t len, uint8_t value) {
     Buffer b(len);
-    std::memset(b.data(), value, len);
+    if (len) std::memset(b.data(), value, len);  // an empty Buffer has no storage
     return b;
 }
 
