@@ -9,15 +9,6 @@ source "$(dirname "$0")/lib/common.bash"
 source "$(dirname "$0")/lib/tls.bash"
 need nbdinfo
 
-# refused_start MESSAGE QNBD ARGS...: qnbd exits 1 at once and says MESSAGE.
-refused_start() {
-    local want=$1 out rc
-    shift
-    out=$(run_t 20 "$QNBD" "$@" 2>&1); rc=$?
-    [[ $rc == 1 ]] || fail "qnbd $* exited $rc, expected 1: $out"
-    grep -q -- "$want" <<<"$out" || fail "qnbd $*: expected '$want', got: $out"
-}
-
 mkimg "$T/a.qcow2" 64M
 mkimg "$T/b.qcow2" 32M
 truncate -s 16M "$T/c.raw"

@@ -23,15 +23,6 @@ X509="tls-creds-x509,id=tls0,endpoint=server,dir=$pki/server"
 PSK="tls-creds-psk,id=tls0,endpoint=server,dir=$pki/psk"
 qemu_x509() { echo "tls-creds-x509,id=tls0,endpoint=client,dir=$pki/$1"; }
 
-# refused_start MESSAGE QNBD ARGS...: qnbd exits 1 at once and says MESSAGE.
-refused_start() {
-    local want=$1 out rc
-    shift
-    out=$(run_t 20 "$QNBD" "$@" 2>&1); rc=$?
-    [[ $rc == 1 ]] || fail "qnbd $* exited $rc, expected 1: $out"
-    grep -q -- "$want" <<<"$out" || fail "qnbd $*: expected '$want', got: $out"
-}
-
 mkimg "$T/a.qcow2" 64M
 refused_start "not supported with a host device" -c /dev/nbd0 --object "$X509" --tls-creds tls0 "$T/a.qcow2"
 refused_start "tls-creds-anon is not supported" --object tls-creds-anon,id=a --tls-creds a "$T/a.qcow2"

@@ -249,6 +249,15 @@ run_t() {
     timeout --kill-after=5 "$secs" "$@"
 }
 
+# refused_start MESSAGE QNBD ARGS...: qnbd exits 1 at once and its output contains MESSAGE.
+refused_start() {
+    local want=$1 out rc
+    shift
+    out=$(run_t 20 "$QNBD" "$@" 2>&1); rc=$?
+    [[ $rc == 1 ]] || fail "qnbd $* exited $rc, expected 1: $out"
+    grep -q -- "$want" <<<"$out" || fail "qnbd $*: expected '$want', got: $out"
+}
+
 # mkimg PATH [SIZE=64M] [qnbd create options...]
 mkimg() {
     local path=$1 size=${2:-64M}
