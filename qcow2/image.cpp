@@ -89,9 +89,13 @@ void Qcow2Image::map_metadata() {
 awaitable<Result<std::shared_ptr<Qcow2Image>>> Qcow2Image::create(ImageParts parts) {
     std::shared_ptr<Qcow2Image> img(new Qcow2Image(std::move(parts)));
     if (img->read_only_) co_return img;  // R15: nothing is written.
-    if (auto r = co_await img->clear_autoclear_bits(); !r) co_return r.error();
-    if (img->header_.dirty()) {
+    // R15: the rebuild of a dirty image walks every table and may refuse the image; it only
+    // changes the refcounts in memory, so it runs before the first write (R16's).
+    const bool dirty = img->header_.dirty();
+    if (dirty)
         if (auto r = co_await img->rebuild_refcounts(); !r) co_return r.error();
+    if (auto r = co_await img->clear_autoclear_bits(); !r) co_return r.error();
+    if (dirty) {
         img->trim_tail_ = true;
         if (auto r = co_await img->flush(); !r) co_return r.error();
     }

@@ -149,3 +149,21 @@ TEST_CASE(
     });
     CHECK((file_be(path, 72, 8) & 1) == 0);  // Rebuilt and closed cleanly.
 }
+
+TEST_CASE(
+    "refused-dirty-image-autoclear-cleared: a dirty image whose rebuild finds a damaged L2 "
+    "entry is refused before its autoclear bits are cleared",
+    "[damage]") {
+    TempDir dir;
+    const std::string path = dir.file("img.qcow2");
+    const Layout l = image_with_data(path);
+    put_be(path, 88, 1ULL << 40, 8);                // an autoclear bit qnbd does not know
+    put_be(path, 72, file_be(path, 72, 8) | 1, 8);  // dirty: a writable open rebuilds refcounts
+    put_be(path, l.l2 + 8 * 4, 0x9999999999999999ULL, 8);  // reserved bits in an L2 entry
+    const Bytes before = read_file(path);
+    const Error e = open_error(path);
+    INFO("open: " << e.message);
+    CHECK(e.message.find("reserved bits") != std::string::npos);
+    const bool unchanged = read_file(path) == before;  // a bool: Catch would print 16 MiB
+    CHECK(unchanged);  // R15: nothing written, not even the autoclear bits
+}
