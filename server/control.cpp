@@ -70,15 +70,17 @@ Result<ExportSpec> spec_from(const json::object& a) {
         return r.error();
     ExportSpec e;
     auto name = string_arg(a, "name", true);
+    if (!name) return name.error();
     auto file = string_arg(a, "file", true);
+    if (!file) return file.error();
     auto format = string_arg(a, "format", false);
+    if (!format) return format.error();
     auto desc = string_arg(a, "description", false);
+    if (!desc) return desc.error();
     auto ro = bool_arg(a, "read-only");
+    if (!ro) return ro.error();
     auto depth = bool_arg(a, "allocation-depth");
-    for (const Error* err : {name ? nullptr : &name.error(), file ? nullptr : &file.error(),
-                             format ? nullptr : &format.error(), desc ? nullptr : &desc.error(),
-                             ro ? nullptr : &ro.error(), depth ? nullptr : &depth.error()})
-        if (err) return *err;
+    if (!depth) return depth.error();
     if (!format->empty() && *format != "qcow2" && *format != "raw")
         return Error{EINVAL, "format must be qcow2 or raw"};
     if (file->empty()) return Error{EINVAL, "argument 'file' must not be empty"};
