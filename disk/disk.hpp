@@ -7,10 +7,12 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "base/result.hpp"
 #include "base/types.hpp"
+#include "disk/dirty_bitmap.hpp"
 
 namespace qnbd {
 
@@ -87,6 +89,12 @@ class Disk {
     virtual awaitable<Result<void>> close() = 0;
     /// Engine counters.
     virtual DiskStats stats() const = 0;
+    /// The image's persistent dirty bitmap called `name`, or null (raw files have none).
+    /// Enabled bitmaps change as writes are served.
+    virtual const DirtyBitmap* dirty_bitmap(std::string_view name) const {
+        (void)name;
+        return nullptr;
+    }
 };
 
 }  // namespace qnbd

@@ -65,10 +65,6 @@ Result<void> check_writable(const Header& h) {
     if (h.nb_snapshots)
         return Error{EINVAL,
                      "image has internal snapshots; qnbd serves such images read-only (use -r)"};
-    if (h.dirty() && h.has_bitmaps_extension())
-        return Error{EINVAL,
-                     "image was not closed cleanly and has persistent bitmaps; repair it with "
-                     "'qemu-img check -r all' or open it read-only"};
     return ok();
 }
 

@@ -114,6 +114,8 @@ constexpr uint16_t NBD_REPLY_TYPE_ERROR_OFFSET = NBD_REPLY_TYPE_FLAG_ERROR | 2;
 
 constexpr uint32_t NBD_STATE_HOLE = 1u << 0;
 constexpr uint32_t NBD_STATE_ZERO = 1u << 1;
+/// qemu:dirty-bitmap: the range is dirty in the bitmap.
+constexpr uint32_t NBD_STATE_DIRTY = 1u << 0;
 
 // ---- Error values (reply error field) ---------------------------------------------------------
 

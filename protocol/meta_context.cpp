@@ -2,27 +2,45 @@
 #include "protocol/meta_context.hpp"
 
 namespace qnbd::nbd {
+namespace {
 
-std::string_view context_name(MetaContext c) {
-    switch (c) {
-        case MetaContext::base_allocation:
-            return kBaseAllocation;
-        case MetaContext::qemu_allocation_depth:
-            return kQemuAllocationDepth;
-    }
-    return {};
+/// IDs a context can have (the set's bits).
+constexpr uint32_t kMaxContextId = 31;
+
+}  // namespace
+
+std::optional<size_t> dirty_bitmap_index(MetaContext c) {
+    const uint32_t id = context_id(c), first = context_id(MetaContext::first_dirty_bitmap);
+    if (id < first || id - first >= kMaxExportBitmaps) return std::nullopt;
+    return id - first;
 }
 
-std::optional<MetaContext> context_from_id(uint32_t id) {
+std::string context_name(MetaContext c, std::span<const std::string> bitmaps) {
+    switch (c) {
+        case MetaContext::base_allocation:
+            return std::string(kBaseAllocation);
+        case MetaContext::qemu_allocation_depth:
+            return std::string(kQemuAllocationDepth);
+        default:
+            break;
+    }
+    auto i = dirty_bitmap_index(c);
+    if (!i || *i >= bitmaps.size()) return {};
+    return std::string(kQemuDirtyBitmapPrefix) + bitmaps[*i];
+}
+
+std::optional<MetaContext> context_from_id(uint32_t id, size_t bitmaps) {
     for (MetaContext c : kAllMetaContexts)
         if (context_id(c) == id) return c;
+    const auto c = static_cast<MetaContext>(id);
+    if (auto i = dirty_bitmap_index(c); i && *i < bitmaps) return c;
     return std::nullopt;
 }
 
 std::vector<MetaContext> MetaContextSet::list() const {
     std::vector<MetaContext> out;
-    for (MetaContext c : kAllMetaContexts)
-        if (contains(c)) out.push_back(c);
+    for (uint32_t id = 1; id <= kMaxContextId; ++id)
+        if (contains(static_cast<MetaContext>(id))) out.push_back(static_cast<MetaContext>(id));
     return out;
 }
 
@@ -37,27 +55,31 @@ std::optional<MetaQuery> parse_meta_query(std::string_view query) {
     return MetaQuery{ns, query.substr(colon + 1)};
 }
 
-MetaContextSet match_list_queries(std::span<const std::string> queries, MetaContextSet available) {
+MetaContextSet match_list_queries(std::span<const std::string> queries, MetaContextSet available,
+                                  std::span<const std::string> bitmaps) {
     if (queries.empty()) return available;
     MetaContextSet found;
     for (const std::string& q : queries) {
         auto query = parse_meta_query(q);
         if (!query) continue;
-        for (MetaContext c : kAllMetaContexts) {
-            auto name = parse_meta_query(context_name(c));
-            if (name->ns == query->ns && (query->leaf.empty() || query->leaf == name->leaf))
-                found.add(c);
+        for (MetaContext c : available.list()) {
+            const std::string full = context_name(c, bitmaps);
+            auto name = parse_meta_query(full);
+            if (!name || name->ns != query->ns) continue;
+            const bool all_bitmaps = query->leaf == "dirty-bitmap:" && dirty_bitmap_index(c);
+            if (query->leaf.empty() || all_bitmaps || query->leaf == name->leaf) found.add(c);
         }
     }
-    return found & available;
+    return found;
 }
 
-MetaContextSet match_set_queries(std::span<const std::string> queries, MetaContextSet available) {
+MetaContextSet match_set_queries(std::span<const std::string> queries, MetaContextSet available,
+                                 std::span<const std::string> bitmaps) {
     MetaContextSet found;
     for (const std::string& q : queries)
-        for (MetaContext c : kAllMetaContexts)
-            if (q == context_name(c)) found.add(c);
-    return found & available;
+        for (MetaContext c : available.list())
+            if (q == context_name(c, bitmaps)) found.add(c);
+    return found;
 }
 
 }  // namespace qnbd::nbd

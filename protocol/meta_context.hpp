@@ -1,5 +1,6 @@
-// Metadata contexts: the two qnbd serves (base:allocation and qemu:allocation-depth), parsing of
-// query strings into namespace and leaf, and which contexts a LIST or SET query selects.
+// Metadata contexts: those qnbd serves (base:allocation, qemu:allocation-depth and one
+// qemu:dirty-bitmap:NAME per exported bitmap), parsing of query strings into namespace and
+// leaf, and which contexts a LIST or SET query selects.
 #pragma once
 
 #include <bit>
@@ -18,12 +19,16 @@ namespace qnbd::nbd {
 enum class MetaContext : uint32_t {
     base_allocation = 1,        ///< "base:allocation": NBD_STATE_HOLE / NBD_STATE_ZERO.
     qemu_allocation_depth = 2,  ///< "qemu:allocation-depth": 0 unallocated, 1 top, 2+ backing.
+    first_dirty_bitmap = 3,     ///< "qemu:dirty-bitmap:NAME" of an export's first bitmap.
 };
 
 constexpr std::string_view kBaseAllocation = "base:allocation";
 constexpr std::string_view kQemuAllocationDepth = "qemu:allocation-depth";
+constexpr std::string_view kQemuDirtyBitmapPrefix = "qemu:dirty-bitmap:";
+/// Most bitmaps one export offers (each is a context; IDs 3 to 3 + this - 1).
+inline constexpr size_t kMaxExportBitmaps = 16;
 
-/// Every context, in ID order.
+/// The fixed contexts, in ID order.
 constexpr MetaContext kAllMetaContexts[] = {MetaContext::base_allocation,
                                             MetaContext::qemu_allocation_depth};
 
@@ -32,11 +37,19 @@ constexpr uint32_t context_id(MetaContext c) {
     return static_cast<uint32_t>(c);
 }
 
-/// Full name of a context ("base:allocation").
-std::string_view context_name(MetaContext c);
+/// The context of an export's bitmap number `i` (below kMaxExportBitmaps).
+constexpr MetaContext dirty_bitmap_context(size_t i) {
+    return static_cast<MetaContext>(context_id(MetaContext::first_dirty_bitmap) + i);
+}
 
-/// The context with wire ID `id`, if there is one.
-std::optional<MetaContext> context_from_id(uint32_t id);
+/// Which of the export's bitmaps `c` is, if it is a dirty-bitmap context.
+std::optional<size_t> dirty_bitmap_index(MetaContext c);
+
+/// Full name of a context ("base:allocation"); `bitmaps` names the export's bitmaps in order.
+std::string context_name(MetaContext c, std::span<const std::string> bitmaps = {});
+
+/// The context with wire ID `id` on an export with `bitmaps` bitmaps, if there is one.
+std::optional<MetaContext> context_from_id(uint32_t id, size_t bitmaps = 0);
 
 /// A small set of contexts (a bit per context).
 class MetaContextSet {
@@ -66,7 +79,9 @@ class MetaContextSet {
     constexpr bool operator==(const MetaContextSet&) const = default;
 
   private:
-    static constexpr uint32_t bit(MetaContext c) { return 1u << static_cast<uint32_t>(c); }
+    static constexpr uint32_t bit(MetaContext c) {
+        return static_cast<uint32_t>(c) < 32 ? 1u << static_cast<uint32_t>(c) : 0;
+    }
     static constexpr MetaContextSet from_bits(uint32_t b) {
         MetaContextSet s;
         s.bits_ = b;
@@ -87,11 +102,14 @@ struct MetaQuery {
 std::optional<MetaQuery> parse_meta_query(std::string_view query);
 
 /// Contexts NBD_OPT_LIST_META_CONTEXT reports: no queries = all of `available`; "base:" and
-/// "qemu:" = all of that namespace; full names = that context; anything else = nothing.
-MetaContextSet match_list_queries(std::span<const std::string> queries, MetaContextSet available);
+/// "qemu:" = all of that namespace; "qemu:dirty-bitmap:" = every bitmap (as qemu); full names
+/// = that context; anything else = nothing. `bitmaps` names the export's bitmaps.
+MetaContextSet match_list_queries(std::span<const std::string> queries, MetaContextSet available,
+                                  std::span<const std::string> bitmaps = {});
 
 /// Contexts NBD_OPT_SET_META_CONTEXT selects: exact full names only (wildcards such as "base:"
 /// are ignored, as the spec requires); no queries = none.
-MetaContextSet match_set_queries(std::span<const std::string> queries, MetaContextSet available);
+MetaContextSet match_set_queries(std::span<const std::string> queries, MetaContextSet available,
+                                 std::span<const std::string> bitmaps = {});
 
 }  // namespace qnbd::nbd

@@ -124,6 +124,11 @@ void patch_header(const Header& h, std::span<std::byte> bytes);
 /// for a new image. Fails if it does not fit in one cluster.
 Result<std::vector<std::byte>> build_header(const Header& h);
 
+/// Points the bitmaps extension at a new directory of `dir_size` bytes at `dir`, in `h` and in
+/// `bytes` (the first cluster of the image as parse_header read it); false if it has none.
+bool patch_bitmaps_extension(Header& h, std::span<std::byte> bytes, HostOffset dir,
+                             uint64_t dir_size);
+
 /// Parses and validates `nb` snapshot table entries from `bytes` (the snapshot table).
 Result<std::vector<Snapshot>> parse_snapshots(std::span<const std::byte> bytes, uint32_t nb,
                                               const Header& h, uint64_t file_size);

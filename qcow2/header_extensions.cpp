@@ -193,6 +193,26 @@ Result<void> parse_header_extensions(std::span<const std::byte> bytes, uint64_t 
     return ok();
 }
 
+bool patch_bitmaps_extension(Header& h, std::span<std::byte> bytes, HostOffset dir,
+                             uint64_t dir_size) {
+    // The extension area was validated by parse_header: walk it to the bitmaps extension.
+    for (uint64_t off = h.header_length; off + kExtHeaderSize <= bytes.size();) {
+        const uint32_t type = load_be32(bytes.data() + off);
+        const uint32_t len = load_be32(bytes.data() + off + 4);
+        if (type == kExtEnd) break;
+        if (type == kExtBitmaps && len == kBitmapsExtSize) {
+            std::byte* p = bytes.data() + off + kExtHeaderSize;
+            store_be64(p + 8, dir_size);
+            store_be64(p + 16, dir.value);
+            for (HeaderExtension& e : h.extensions)
+                if (e.type == kExtBitmaps) e.data.assign(p, p + kBitmapsExtSize);
+            return true;
+        }
+        off += kExtHeaderSize + round8(len);
+    }
+    return false;
+}
+
 namespace {
 
 /// The feature name table qnbd writes into new images (the same names qemu-img writes).

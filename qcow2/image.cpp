@@ -88,23 +88,37 @@ void Qcow2Image::map_metadata() {
 
 awaitable<Result<std::shared_ptr<Qcow2Image>>> Qcow2Image::create(ImageParts parts) {
     std::shared_ptr<Qcow2Image> img(new Qcow2Image(std::move(parts)));
+    if (auto r = co_await img->load_bitmaps(); !r) co_return r.error();
     if (img->read_only_) co_return img;  // R15: nothing is written.
-    // R15: the rebuild of a dirty image walks every table and may refuse the image; it only
-    // changes the refcounts in memory, so it runs before the first write (R16's).
-    const bool dirty = img->header_.dirty();
-    if (dirty)
-        if (auto r = co_await img->rebuild_refcounts(); !r) co_return r.error();
-    if (auto r = co_await img->clear_autoclear_bits(); !r) co_return r.error();
-    if (dirty) {
-        img->trim_tail_ = true;
-        if (auto r = co_await img->flush(); !r) co_return r.error();
-    }
+    if (auto r = co_await img->open_writable(); !r) co_return r.error();
     co_return img;
+}
+
+awaitable<Result<void>> Qcow2Image::open_writable() {
+    // R15: the checks and the rebuild of a dirty image walk every table and may refuse the
+    // image; they only change memory, so they run before the first write (R16's).
+    const bool dirty = header_.dirty();
+    if (dirty || !bitmaps_.empty()) {
+        auto counts = co_await count_references();
+        if (!counts) co_return counts.error();
+        if (auto r = check_bitmap_clusters(*counts); !r) co_return r;
+        if (dirty)
+            if (auto r = co_await refcounts_->reconcile(*counts); !r) co_return r;
+    }
+    if (auto r = co_await clear_autoclear_bits(); !r) co_return r;
+    if (auto r = co_await open_bitmaps_writable(); !r) co_return r;
+    if (dirty) {
+        trim_tail_ = true;
+        if (auto r = co_await flush(); !r) co_return r;
+    }
+    co_return ok();
 }
 
 awaitable<Result<void>> Qcow2Image::clear_autoclear_bits() {
     // R16: bits this engine does not keep up to date are cleared before anything is written.
-    const uint64_t kept = header_.autoclear_features & kAutoclearRawData;
+    // It keeps the bitmaps it loaded (R19-R21) and a raw external data file.
+    uint64_t kept = header_.autoclear_features & kAutoclearRawData;
+    if (bitmaps_extension(header_)) kept |= kAutoclearBitmaps;
     if (kept == header_.autoclear_features) co_return ok();
     header_.autoclear_features = kept;
     if (auto r = co_await write_header(); !r) co_return r;
@@ -131,6 +145,7 @@ awaitable<Result<void>> Qcow2Image::close() {
     if (!read_only_) {
         co_await check_file_tail();
         result = co_await flush_until_quiet();
+        if (result && !corrupt_) result = co_await store_bitmaps();
         // R11: the dirty bit is cleared only over fully written metadata.
         if (result && header_on_disk_dirty_ && quiet()) {
             header_.incompatible_features &= ~kIncompatDirty;

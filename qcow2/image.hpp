@@ -13,6 +13,7 @@
 #include "base/async.hpp"
 #include "disk/disk.hpp"
 #include "io/file.hpp"
+#include "qcow2/bitmaps.hpp"
 #include "qcow2/header.hpp"
 #include "qcow2/host_runs.hpp"
 #include "qcow2/l2_entry.hpp"
@@ -118,6 +119,7 @@ class Qcow2Image final : public Disk, public std::enable_shared_from_this<Qcow2I
     awaitable<Result<std::vector<Extent>>> block_status(GuestOffset off, uint64_t len) override;
     awaitable<Result<void>> close() override;
     DiskStats stats() const override { return stats_; }
+    const DirtyBitmap* dirty_bitmap(std::string_view name) const override;
 
     const Header& header() const { return header_; }
 
@@ -190,6 +192,20 @@ class Qcow2Image final : public Disk, public std::enable_shared_from_this<Qcow2I
             geo_.bytes(ClusterCount{header_.refcount_table_clusters}));
         for (uint64_t b : refcounts_->table())
             if (b) add(HostOffset{b}, cs);
+        each_bitmap_cluster(add);
+    }
+    /// Calls `add(offset, length)` for the bitmap directory, every bitmap table and every
+    /// bitmap data cluster.
+    template <class F>
+    void each_bitmap_cluster(F add) const {
+        if (bitmaps_.empty()) return;
+        add(bitmap_dir_offset_, bitmap_dir_.size());
+        for (const PersistentBitmap& b : bitmaps_) {
+            add(b.entry.table_offset, uint64_t{b.entry.table_size} * 8);
+            for (uint64_t e : b.table)
+                if (e & kBitmapTableOffsetMask)
+                    add(HostOffset{e & kBitmapTableOffsetMask}, geo_.cluster_size());
+        }
     }
 
     // Write-zeroes and discard (image_zero.cpp).
@@ -228,8 +244,27 @@ class Qcow2Image final : public Disk, public std::enable_shared_from_this<Qcow2I
     std::vector<TableWrite> take_dirty_l1();
     void maybe_background_flush();
 
+    // Persistent dirty bitmaps (image_bitmaps.cpp, bitmap_store.cpp).
+    /// One bitmap of the directory as loaded.
+    struct PersistentBitmap {
+        BitmapEntry entry;
+        std::vector<uint64_t> table;          ///< Bitmap table entries as stored.
+        std::unique_ptr<DirtyBitmap> bitmap;  ///< Contents (all clean if inconsistent).
+        bool tracked = false;  ///< Marked in use by this open: updated and stored at close.
+    };
+    awaitable<Result<void>> load_bitmaps();
+    awaitable<Result<void>> load_bitmap(PersistentBitmap& b);
+    /// Refuses bitmap clusters that `counts` (references by host cluster) shows shared.
+    Result<void> check_bitmap_clusters(const std::vector<uint64_t>& counts) const;
+    awaitable<Result<void>> open_bitmaps_writable();
+    void track_dirty(GuestOffset off, uint64_t len);
+    awaitable<Result<void>> store_bitmaps();
+    awaitable<Result<HostOffset>> allocate_bitmap_run(uint64_t bytes);
+
     // Open-time repairs and clean close (image.cpp, rebuild.cpp).
+    awaitable<Result<void>> open_writable();
     awaitable<Result<void>> clear_autoclear_bits();
+    awaitable<Result<std::vector<uint64_t>>> count_references();
     awaitable<Result<void>> rebuild_refcounts();
     awaitable<Result<void>> count_l2_references(uint64_t l1i, RefCounter& rc);
     awaitable<Result<void>> flush_until_quiet();
@@ -259,6 +294,10 @@ class Qcow2Image final : public Disk, public std::enable_shared_from_this<Qcow2I
     bool corrupt_ = false;         ///< Damage was found while writing: writes fail.
     MetadataCache l2_cache_;
     std::unique_ptr<Refcounts> refcounts_;
+
+    std::vector<PersistentBitmap> bitmaps_;  ///< In directory order; empty without bitmaps.
+    Buffer bitmap_dir_;                      ///< The bitmap directory as on disk.
+    HostOffset bitmap_dir_offset_;
 
     /// Clusters being written by an allocating request (R12).
     std::unordered_map<ClusterIndex, std::shared_ptr<Notifier>> busy_;

@@ -29,6 +29,7 @@ awaitable<Result<void>> Qcow2Image::write(GuestOffset off, std::span<const std::
                                           WriteFlags flags) {
     if (auto r = co_await check_writable(off, buf.size()); !r) co_return r;
     if (buf.empty()) co_return ok();
+    track_dirty(off, buf.size());
     std::optional<IoGuard> guard(std::in_place, *this);
     auto states = co_await cluster_states(off, buf.size());
     if (!states) co_return states.error();

@@ -15,6 +15,7 @@ constexpr uint64_t kClustersAtOnce = 256;
 
 awaitable<Result<void>> Qcow2Image::write_zeroes(GuestOffset off, uint64_t len, ZeroFlags flags) {
     if (auto r = co_await check_writable(off, len); !r) co_return r;
+    track_dirty(off, len);
     for (GuestOffset pos = off; pos < off + len;) {
         JoinSet join(ex_);
         for (uint64_t k = 0; k < kClustersAtOnce && pos < off + len; ++k) {
@@ -90,6 +91,7 @@ awaitable<Result<bool>> Qcow2Image::zero_by_metadata(ClusterIndex c, const Clust
 
 awaitable<Result<void>> Qcow2Image::discard(GuestOffset off, uint64_t len, WriteFlags flags) {
     if (auto r = co_await check_writable(off, len); !r) co_return r;
+    track_dirty(off, len);
     if (fmt_.data_file_raw) co_return co_await after_write(flags.fua);
     const uint64_t cs = geo_.cluster_size();
     uint64_t first = (off.value + cs - 1) / cs;

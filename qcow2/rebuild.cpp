@@ -30,12 +30,18 @@ class RefCounter {
     std::vector<uint64_t> counts_;
 };
 
-awaitable<Result<void>> Qcow2Image::rebuild_refcounts() {
+awaitable<Result<std::vector<uint64_t>>> Qcow2Image::count_references() {
     RefCounter rc(geo_, geo_.host_cluster_end(reserved_end_));
     each_fixed_metadata([&rc](HostOffset off, uint64_t len) { rc.add(off, len); });
     for (uint64_t l1i = 0; l1i < l1_.size(); ++l1i)
-        if (auto r = co_await count_l2_references(l1i, rc); !r) co_return r;
-    co_return co_await refcounts_->reconcile(rc.counts());
+        if (auto r = co_await count_l2_references(l1i, rc); !r) co_return r.error();
+    co_return std::move(rc.counts());
+}
+
+awaitable<Result<void>> Qcow2Image::rebuild_refcounts() {
+    auto counts = co_await count_references();
+    if (!counts) co_return counts.error();
+    co_return co_await refcounts_->reconcile(*counts);
 }
 
 awaitable<Result<void>> Qcow2Image::count_l2_references(uint64_t l1i, RefCounter& rc) {

@@ -32,6 +32,16 @@ std::vector<BlockDescriptor> describe(const std::vector<Extent>& extents, MetaCo
     return out;
 }
 
+/// Descriptors of a dirty bitmap over [off, off+len): NBD_STATE_DIRTY where it is dirty.
+std::vector<BlockDescriptor> describe_bitmap(const DirtyBitmap& b, uint64_t off, uint64_t len,
+                                             bool one) {
+    std::vector<BlockDescriptor> out;
+    for (const DirtyRun& r : b.runs(off, len, one ? 1 : 65536))
+        out.push_back(
+            BlockDescriptor{static_cast<uint32_t>(r.length), r.dirty ? NBD_STATE_DIRTY : 0u});
+    return out;
+}
+
 }  // namespace
 
 awaitable<void> RequestHandler::block_status() {
@@ -60,7 +70,9 @@ awaitable<void> RequestHandler::block_status() {
     std::vector<ByteVector> chunks;
     const auto contexts = c_.neg_->contexts.list();
     for (size_t i = 0; i < contexts.size(); ++i) {
-        auto desc = describe(extents, contexts[i], one);
+        auto bitmap = dirty_bitmap_index(contexts[i]);
+        auto desc = bitmap ? describe_bitmap(*exp().bitmaps.at(*bitmap), r_.offset, r_.length, one)
+                           : describe(extents, contexts[i], one);
         const uint16_t flags = i + 1 == contexts.size() ? NBD_REPLY_FLAG_DONE : 0;
         chunks.push_back(encode_block_status(flags, r_.cookie, context_id(contexts[i]), desc));
     }

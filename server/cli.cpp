@@ -22,7 +22,6 @@ namespace {
 /// qemu-nbd options qnbd does not implement: refused by name rather than ignored, even next to
 /// --help or --version (a capability probe must fail).
 const char* const kRefused[][2] = {
-    {"-B,--bitmap", "exporting persistent dirty bitmaps"},
     {"-L,--list", "listing another server's exports (use nbdinfo --list)"},
     {"--tls-hostname", "TLS server names (a client option)"},
     {"-T,--trace", "qemu trace events (use -v)"},
@@ -31,8 +30,8 @@ const char* const kRefused[][2] = {
     {"--image-opts", "--image-opts image specifications"},
 };
 
-/// True when command-line word `arg` spells option `name` ("-B", "--bitmap", "--bitmap=x",
-/// "-Bx"; a short option may also end a cluster of flags like "-rB").
+/// True when command-line word `arg` spells option `name` ("-l", "--list", "--list=x",
+/// "-lx"; a short option may also end a cluster of flags like "-rl").
 bool spells(const std::string& arg, const std::string& name) {
     if (name.size() > 2) return arg == name || arg.rfind(name + "=", 0) == 0;
     if (arg.size() < 2 || arg[0] != '-' || arg[1] == '-') return false;
@@ -126,9 +125,14 @@ void add_listen_options(CLI::App& app, Config& c, RawOptions& raw) {
 void add_image_options(CLI::App& app, Config& c, RawOptions& raw) {
     app.add_option("--export", raw.exports,
                    "serve PATH as export NAME: name=NAME,file=PATH[,format=qcow2|raw]"
-                   "[,read-only=on][,description=TEXT][,allocation-depth=on]; repeatable, "
-                   "instead of IMAGE")
+                   "[,read-only=on][,description=TEXT][,allocation-depth=on][,bitmap=NAME]; "
+                   "repeatable, instead of IMAGE")
         ->type_name("SPEC")
+        ->allow_extra_args(false);
+    app.add_option("-B,--bitmap", c.bitmaps,
+                   "expose the image's persistent dirty bitmap NAME as the context "
+                   "qemu:dirty-bitmap:NAME (repeatable)")
+        ->type_name("NAME")
         ->allow_extra_args(false);
     app.add_flag("-r,--read-only", c.read_only, "export read-only");
     app.add_flag("-U,--force-share", c.force_share,

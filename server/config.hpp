@@ -29,6 +29,7 @@ struct ExportSpec {
     std::string description;
     bool read_only = false;
     bool allocation_depth = false;
+    std::vector<std::string> bitmaps;  ///< bitmap=: persistent bitmaps to export.
 };
 
 /// Everything `qnbd IMAGE` was asked to do.
@@ -49,10 +50,11 @@ struct Config {
     DiscardMode discard = DiscardMode::Ignore;
     DetectZeroes detect_zeroes = DetectZeroes::Off;
     bool allocation_depth = false;
-    uint64_t offset = 0;         ///< Export the image from this byte offset on (-o).
-    std::string connect_device;  ///< -c /dev/nbdX, or kAnyDevice.
-    bool foreground = false;     ///< --foreground: -c stays in the foreground.
-    bool listen_given = false;   ///< -p, -b or -k was given (refused with socket activation).
+    std::vector<std::string> bitmaps;  ///< -B: persistent bitmaps exported as contexts.
+    uint64_t offset = 0;               ///< Export the image from this byte offset on (-o).
+    std::string connect_device;        ///< -c /dev/nbdX, or kAnyDevice.
+    bool foreground = false;           ///< --foreground: -c stays in the foreground.
+    bool listen_given = false;         ///< -p, -b or -k was given (refused with socket activation).
     bool verbose = false;
     std::string pid_file;
     bool fork = false;

@@ -53,6 +53,20 @@ Result<bool> bool_arg(const json::object& args, const char* key) {
     return v->as_bool();
 }
 
+/// The array-of-strings argument `key` (empty when missing).
+Result<std::vector<std::string>> strings_arg(const json::object& args, const char* key) {
+    std::vector<std::string> out;
+    auto* v = args.if_contains(key);
+    if (!v) return out;
+    const std::string bad = std::string("argument '") + key + "' must be an array of strings";
+    if (!v->is_array()) return Error{EINVAL, bad};
+    for (const json::value& s : v->as_array()) {
+        if (!s.is_string() || s.as_string().empty()) return Error{EINVAL, bad};
+        out.emplace_back(s.as_string());
+    }
+    return out;
+}
+
 Result<void> known_args(const json::object& args, std::initializer_list<const char*> keys) {
     for (const auto& kv : args) {
         bool known = false;
@@ -64,8 +78,8 @@ Result<void> known_args(const json::object& args, std::initializer_list<const ch
 
 /// The ExportSpec of block-export-add's arguments.
 Result<ExportSpec> spec_from(const json::object& a) {
-    if (auto r = known_args(
-            a, {"name", "file", "format", "read-only", "description", "allocation-depth"});
+    if (auto r = known_args(a, {"name", "file", "format", "read-only", "description",
+                                "allocation-depth", "bitmaps"});
         !r)
         return r.error();
     ExportSpec e;
@@ -81,6 +95,8 @@ Result<ExportSpec> spec_from(const json::object& a) {
     if (!ro) return ro.error();
     auto depth = bool_arg(a, "allocation-depth");
     if (!depth) return depth.error();
+    auto bitmaps = strings_arg(a, "bitmaps");
+    if (!bitmaps) return bitmaps.error();
     if (!format->empty() && *format != "qcow2" && *format != "raw")
         return Error{EINVAL, "format must be qcow2 or raw"};
     if (file->empty()) return Error{EINVAL, "argument 'file' must not be empty"};
@@ -90,7 +106,14 @@ Result<ExportSpec> spec_from(const json::object& a) {
     e.description = *desc;
     e.read_only = *ro;
     e.allocation_depth = *depth;
+    e.bitmaps = std::move(*bitmaps);
     return e;
+}
+
+json::array bitmap_names(const Export& e) {
+    json::array out;
+    for (const std::string& n : e.bitmap_names) out.emplace_back(n);
+    return out;
 }
 
 }  // namespace
@@ -228,6 +251,7 @@ json::value ControlServer::query_exports() const {
                                    {"file", e.image},
                                    {"description", e.exp->description},
                                    {"read-only", e.exp->features.read_only},
+                                   {"bitmaps", bitmap_names(*e.exp)},
                                    {"size", e.exp->disk->size()},
                                    {"connections", server_.connections_to(e.exp.get())}});
     return out;

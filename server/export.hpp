@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "disk/disk.hpp"
 #include "protocol/handshake.hpp"
@@ -25,7 +26,11 @@ struct Export {
     DetectZeroes detect_zeroes = DetectZeroes::Off;
     bool unsafe_flush = false;  ///< --cache=unsafe: FLUSH does not sync.
     nbd::ExportFeatures features;
-    nbd::MetaContextSet contexts;      ///< Metadata contexts offered.
+    nbd::MetaContextSet contexts;  ///< Metadata contexts offered.
+    /// Names of the persistent bitmaps offered as qemu:dirty-bitmap:NAME, in context order,
+    /// and the bitmaps themselves (owned by `disk`).
+    std::vector<std::string> bitmap_names;
+    std::vector<const DirtyBitmap*> bitmaps;
     ExportMetrics* metrics = nullptr;  ///< Request counters of --metrics; null without it.
 };
 

@@ -10,12 +10,9 @@ Result<ExportSpec> parse_export_spec(const std::string& text) {
     const std::string what = "--export " + text;
     auto props = qemu_key_values(split_qemu_opts(text), 0, what);
     if (!props) return props.error();
-    if (props->count("bitmap"))
-        return Error{EINVAL, what +
-                                 ": bitmap= (exporting persistent dirty bitmaps) is not "
-                                 "supported by qnbd yet"};
     if (auto r = only_keys(
-            *props, {"name", "file", "format", "read-only", "description", "allocation-depth"},
+            *props,
+            {"name", "file", "format", "read-only", "description", "allocation-depth", "bitmap"},
             what);
         !r)
         return r.error();
@@ -35,6 +32,10 @@ Result<ExportSpec> parse_export_spec(const std::string& text) {
     auto depth = on_off(*props, "allocation-depth", false, what);
     if (!depth) return depth.error();
     e.allocation_depth = *depth;
+    if (props->count("bitmap")) {
+        if (get("bitmap").empty()) return Error{EINVAL, what + ": bitmap= needs a name"};
+        e.bitmaps.push_back(get("bitmap"));
+    }
     return e;
 }
 
@@ -47,6 +48,8 @@ Result<void> set_exports(Config& c, const std::vector<std::string>& specs) {
     if (!c.export_name.empty() || !c.description.empty())
         return Error{EINVAL, "-x and -D name a single export; use --export name=,description="};
     if (c.offset) return Error{EINVAL, "-o cannot be used with --export"};
+    if (!c.bitmaps.empty())
+        return Error{EINVAL, "-B names a bitmap of the single export; use --export bitmap="};
     if (!c.connect_device.empty()) return Error{EINVAL, "-c serves one image; not with --export"};
     std::set<std::string> names;
     for (const auto& text : specs) {
@@ -68,6 +71,7 @@ Config config_for(const Config& c, const ExportSpec& e) {
     if (!e.format.empty()) d.format = e.format;
     d.read_only = c.read_only || e.read_only;
     d.allocation_depth = c.allocation_depth || e.allocation_depth;
+    d.bitmaps = e.bitmaps;
     return d;
 }
 

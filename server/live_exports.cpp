@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 
@@ -32,12 +33,36 @@ Result<std::string> make_snapshot_overlay(const Config& cfg, uint64_t size) {
     return path;
 }
 
+/// The bitmaps -B names, looked up in the open disk; refused as qemu-nbd refuses them.
+Result<void> add_bitmaps(const Config& cfg, const Disk& disk, Export& e) {
+    if (cfg.bitmaps.empty()) return ok();
+    if (cfg.offset) return Error{EINVAL, "-B cannot be used with -o"};
+    if (cfg.bitmaps.size() > nbd::kMaxExportBitmaps)
+        return Error{EINVAL, "at most " + std::to_string(nbd::kMaxExportBitmaps) +
+                                 " bitmaps can be exported at once"};
+    for (const std::string& name : cfg.bitmaps) {
+        if (std::find(e.bitmap_names.begin(), e.bitmap_names.end(), name) != e.bitmap_names.end())
+            return Error{EINVAL, "Bitmap '" + name + "' is named twice"};
+        const DirtyBitmap* b = disk.dirty_bitmap(name);
+        if (!b) return Error{ENOENT, "Bitmap '" + name + "' is not found"};
+        if (!b->consistent)
+            return Error{EINVAL, "Bitmap '" + name +
+                                     "' is inconsistent and cannot be used (it was not saved "
+                                     "at the last close); remove it with 'qemu-img bitmap "
+                                     "--remove'"};
+        e.contexts.add(nbd::dirty_bitmap_context(e.bitmaps.size()));
+        e.bitmap_names.push_back(name);
+        e.bitmaps.push_back(b);
+    }
+    return ok();
+}
+
 /// The export described by the configuration, around an open disk.
-std::shared_ptr<Export> make_export(const Config& cfg, std::shared_ptr<Disk> disk) {
+Result<std::shared_ptr<Export>> make_export(const Config& cfg, std::shared_ptr<Disk> disk) {
     auto e = std::make_shared<Export>();
     e->name = cfg.export_name;
     e->description = cfg.description;
-    e->disk = make_window_disk(std::move(disk), cfg.offset);
+    e->disk = make_window_disk(disk, cfg.offset);
     e->discard = cfg.discard;
     e->detect_zeroes = cfg.detect_zeroes;
     e->unsafe_flush = cfg.cache == CacheMode::Unsafe;
@@ -45,6 +70,7 @@ std::shared_ptr<Export> make_export(const Config& cfg, std::shared_ptr<Disk> dis
     e->features.multi_conn = cfg.shared != 1;
     e->contexts = nbd::MetaContextSet{nbd::MetaContext::base_allocation};
     if (cfg.allocation_depth) e->contexts.add(nbd::MetaContext::qemu_allocation_depth);
+    if (auto r = add_bitmaps(cfg, *disk, *e); !r) return r.error();
     return e;
 }
 
@@ -81,7 +107,12 @@ awaitable<Result<void>> LiveExports::add(const Config& cfg) {
         co_return Error{EEXIST, "an export named '" + cfg.export_name + "' exists"};
     auto disk = co_await open_configured(io_.get_executor(), cfg);
     if (!disk) co_return disk.error();
-    auto exp = make_export(cfg, *disk);
+    auto made = make_export(cfg, *disk);
+    if (!made) {
+        (void)co_await (*disk)->close();
+        co_return made.error();
+    }
+    auto exp = std::move(*made);
     if (metrics_) exp->metrics = &metrics_->add_export(exp->name, exp->disk);
     registry_.add(exp);
     entries_.push_back(Entry{cfg.image, std::move(exp)});

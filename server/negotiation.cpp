@@ -256,12 +256,13 @@ awaitable<Negotiation::Next> Negotiation::meta_context(uint32_t option, Bytes pa
     auto e = c_.exports_.find(d->name);
     if (!e) co_return co_await unknown_export(option, d->name);
     const bool set = option == NBD_OPT_SET_META_CONTEXT;
-    MetaContextSet chosen = set ? match_set_queries(d->queries, e->contexts)
-                                : match_list_queries(d->queries, e->contexts);
-    for (MetaContext m : chosen.list())
-        if (!co_await send(
-                encode_rep_meta_context(option, set ? context_id(m) : 0, context_name(m))))
+    MetaContextSet chosen = set ? match_set_queries(d->queries, e->contexts, e->bitmap_names)
+                                : match_list_queries(d->queries, e->contexts, e->bitmap_names);
+    for (MetaContext m : chosen.list()) {
+        const std::string name = context_name(m, e->bitmap_names);
+        if (!co_await send(encode_rep_meta_context(option, set ? context_id(m) : 0, name)))
             co_return Next::Close;
+    }
     if (set) {
         contexts_ = chosen;
         context_export_ = d->name;

@@ -22,7 +22,7 @@ refused_start "is used twice" --export "$A" --export "name=alpha,file=$T/b.qcow2
 refused_start "file= is required" --export "name=x"
 refused_start "name= is required" --export "file=$T/a.qcow2"
 refused_start "property 'node-name' is not supported" --export "$A,node-name=n"
-refused_start "bitmap= (exporting persistent dirty bitmaps) is not supported" --export "$A,bitmap=b0"
+refused_start "Bitmap 'b0' is not found" --export "$A,bitmap=b0"
 refused_start "format must be qcow2 or raw" --export "name=x,file=$T/c.raw,format=vmdk"
 refused_start "not with --export" -c /dev/nbd0 --export "$A"
 # A file that is not qcow2 without format=raw: refused, and the other images are left closed.

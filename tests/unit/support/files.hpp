@@ -72,4 +72,12 @@ inline uint64_t file_be(const std::string& path, uint64_t off, int bytes) {
     return v;
 }
 
+/// Overwrites `bytes` bytes at `off` of a file with big-endian `v`; throws if it cannot.
+inline void store_file_be(const std::string& path, uint64_t off, int bytes, uint64_t v) {
+    std::fstream f(path, std::ios::binary | std::ios::in | std::ios::out);
+    f.seekp(static_cast<std::streamoff>(off));
+    for (int i = bytes - 1; i >= 0; --i) f.put(static_cast<char>((v >> (8 * i)) & 0xff));
+    if (!f) throw std::runtime_error("cannot write " + path);
+}
+
 }  // namespace qnbd::test
