@@ -38,57 +38,66 @@ awaitable<Result<HostOffset>> Qcow2Image::allocate_bitmap_run(uint64_t bytes) {
     co_return at;
 }
 
-awaitable<Result<void>> Qcow2Image::store_bitmaps() {
-    if (std::none_of(bitmaps_.begin(), bitmaps_.end(),
-                     [](const PersistentBitmap& b) { return b.tracked; }))
-        co_return ok();
-    const uint64_t cs = geo_.cluster_size();
-    // R20: new clusters for the tables, the non-zero data clusters and the directory; their
-    // refcounts are durable (the flush) before anything written below references them.
-    struct Staged {
+/// What a close stores: for each tracked bitmap its new table, and every cluster to write.
+struct Qcow2Image::BitmapStage {
+    struct Bitmap {
         PersistentBitmap* b;
         HostOffset table_at;
         std::vector<uint64_t> table;
     };
-    std::vector<Staged> staged;
+    std::vector<Bitmap> bitmaps;
     std::vector<std::pair<HostOffset, Buffer>> writes;
-    for (PersistentBitmap& b : bitmaps_) {
-        if (!b.tracked) continue;
-        Staged s{&b, HostOffset{}, std::vector<uint64_t>(b.table.size(), 0)};
-        const std::span<const uint8_t> bits = b.bitmap->bits();
-        for (uint64_t j = 0; j < s.table.size(); ++j) {
-            const uint64_t at = j * cs;
-            const auto chunk = bits.subspan(
-                std::min<uint64_t>(at, bits.size()),
-                std::min<uint64_t>(cs, bits.size() - std::min<uint64_t>(at, bits.size())));
-            if (all_zero(chunk)) continue;
-            auto c = co_await allocate_bitmap_run(cs);
-            if (!c) co_return c.error();
-            s.table[j] = c->value;
-            writes.emplace_back(*c, padded(std::as_bytes(chunk), cs));
-        }
-        auto t = co_await allocate_bitmap_run(s.table.size() * 8);
-        if (!t) co_return t.error();
-        s.table_at = *t;
-        staged.push_back(std::move(s));
+    HostOffset dir_at;
+};
+
+awaitable<Result<void>> Qcow2Image::stage_bitmap(PersistentBitmap& b, BitmapStage& stage) {
+    const uint64_t cs = geo_.cluster_size();
+    BitmapStage::Bitmap s{&b, HostOffset{}, std::vector<uint64_t>(b.table.size(), 0)};
+    const std::span<const uint8_t> bits = b.bitmap->bits();
+    for (uint64_t j = 0; j < s.table.size(); ++j) {
+        const uint64_t at = std::min<uint64_t>(j * cs, bits.size());
+        const auto chunk = bits.subspan(at, std::min<uint64_t>(cs, bits.size() - at));
+        if (all_zero(chunk)) continue;  // Stored as a 0 entry: reads as all zeros.
+        auto c = co_await allocate_bitmap_run(cs);
+        if (!c) co_return c.error();
+        s.table[j] = c->value;
+        stage.writes.emplace_back(*c, padded(std::as_bytes(chunk), cs));
     }
-    Buffer dir = padded(bitmap_dir_.span(), cs);
+    auto t = co_await allocate_bitmap_run(s.table.size() * 8);
+    if (!t) co_return t.error();
+    s.table_at = *t;
+    std::vector<std::byte> table(s.table.size() * 8);
+    for (size_t i = 0; i < s.table.size(); ++i) store_be64(table.data() + i * 8, s.table[i]);
+    stage.writes.emplace_back(s.table_at, padded(table, cs));
+    stage.bitmaps.push_back(std::move(s));
+    co_return ok();
+}
+
+awaitable<Result<void>> Qcow2Image::store_bitmaps() {
+    if (std::none_of(bitmaps_.begin(), bitmaps_.end(),
+                     [](const PersistentBitmap& b) { return b.tracked; }))
+        co_return ok();
+    // R20: new clusters for the tables, the non-zero data clusters and the directory; their
+    // refcounts are durable (the flush) before anything written below references them.
+    BitmapStage stage;
+    for (PersistentBitmap& b : bitmaps_)
+        if (b.tracked)
+            if (auto r = co_await stage_bitmap(b, stage); !r) co_return r;
     auto dir_at = co_await allocate_bitmap_run(bitmap_dir_.size());
     if (!dir_at) co_return dir_at.error();
+    stage.dir_at = *dir_at;
     if (auto r = co_await flush_until_quiet(); !r) co_return r;
 
-    for (Staged& s : staged) {
-        std::vector<std::byte> table(s.table.size() * 8);
-        for (size_t i = 0; i < s.table.size(); ++i) store_be64(table.data() + i * 8, s.table[i]);
-        writes.emplace_back(s.table_at, padded(table, cs));
-        const uint64_t entry = s.b->entry.flags_at - 12;
-        store_be64(dir.data() + entry, s.table_at.value);
+    Buffer dir = padded(bitmap_dir_.span(), geo_.cluster_size());
+    for (const BitmapStage::Bitmap& s : stage.bitmaps) {
+        store_be64(dir.data() + s.b->entry.flags_at - 12, s.table_at.value);
         store_be32(dir.data() + s.b->entry.flags_at, s.b->entry.flags & ~kBitmapInUse);
     }
-    writes.emplace_back(*dir_at, std::move(dir));
+    std::memcpy(bitmap_dir_.data(), dir.data(), bitmap_dir_.size());
+    stage.writes.emplace_back(stage.dir_at, std::move(dir));
     {
         JoinSet join(ex_);
-        for (auto& [at, buf] : writes) {
+        for (auto& [at, buf] : stage.writes) {
             ++stats_.metadata_writes;
             join.spawn(file_->write(at, buf.span()));
         }
@@ -98,19 +107,20 @@ awaitable<Result<void>> Qcow2Image::store_bitmaps() {
 
     // R21: the header names the new directory once it and everything it references are
     // durable; until then the old directory (bitmaps in use) stays in force.
-    const HostOffset old_dir = bitmap_dir_offset_;
-    const uint64_t dir_size = bitmap_dir_.size();
-    if (!patch_bitmaps_extension(header_, header_bytes_.span(), *dir_at, dir_size))
+    if (!patch_bitmaps_extension(header_, header_bytes_.span(), stage.dir_at, bitmap_dir_.size()))
         co_return Error{EIO, "the header lost its bitmaps extension"};
     if (auto r = co_await write_header(); !r) co_return r;
     if (auto r = co_await sync_all(); !r) co_return r;
+    free_old_bitmap_clusters(stage);
+    co_return co_await flush_until_quiet();
+}
 
-    // The old clusters are unreferenced now; they are freed after the next barrier (R6).
-    refcounts_->defer_free(old_dir, dir_size, true);
-    Buffer& new_dir = writes.back().second;
-    std::memcpy(bitmap_dir_.data(), new_dir.data(), dir_size);
-    bitmap_dir_offset_ = *dir_at;
-    for (Staged& s : staged) {
+void Qcow2Image::free_old_bitmap_clusters(BitmapStage& stage) {
+    // Unreferenced since the header write; freed after the next barrier (R6).
+    const uint64_t cs = geo_.cluster_size();
+    refcounts_->defer_free(bitmap_dir_offset_, bitmap_dir_.size(), true);
+    bitmap_dir_offset_ = stage.dir_at;
+    for (BitmapStage::Bitmap& s : stage.bitmaps) {
         PersistentBitmap& b = *s.b;
         refcounts_->defer_free(b.entry.table_offset, b.table.size() * 8, true);
         for (uint64_t e : b.table)
@@ -121,7 +131,6 @@ awaitable<Result<void>> Qcow2Image::store_bitmaps() {
         b.table = std::move(s.table);
         b.tracked = false;
     }
-    co_return co_await flush_until_quiet();
 }
 
 }  // namespace qnbd::qcow2

@@ -1,6 +1,7 @@
 // Qcow2Image: the qcow2 engine behind a Disk. Requests run concurrently on one executor;
 // no lock is held across I/O. Metadata changes stay in memory and reach the disk at flush
-// barriers, in the order of docs/ARCHITECTURE.md's rules R1-R17 (image_flush.cpp).
+// barriers, in the order of docs/ARCHITECTURE.md's rules R1-R21 (image_flush.cpp,
+// image_bitmaps.cpp, bitmap_store.cpp).
 #pragma once
 
 #include <map>
@@ -258,7 +259,10 @@ class Qcow2Image final : public Disk, public std::enable_shared_from_this<Qcow2I
     Result<void> check_bitmap_clusters(const std::vector<uint64_t>& counts) const;
     awaitable<Result<void>> open_bitmaps_writable();
     void track_dirty(GuestOffset off, uint64_t len);
+    struct BitmapStage;
     awaitable<Result<void>> store_bitmaps();
+    awaitable<Result<void>> stage_bitmap(PersistentBitmap& b, BitmapStage& stage);
+    void free_old_bitmap_clusters(BitmapStage& stage);
     awaitable<Result<HostOffset>> allocate_bitmap_run(uint64_t bytes);
 
     // Open-time repairs and clean close (image.cpp, rebuild.cpp).

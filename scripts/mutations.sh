@@ -130,12 +130,21 @@ mutate R14 qcow2/write_plan.cpp '    if (reuse && ((ci.alloc_mask >> first) & 1)
     "concurrency: regression: subcluster allocation lost a concurrent in-place write"
 mutate R15 qcow2/image.cpp '    if (img->read_only_) co_return img;  // R15: nothing is written.' '' \
     "diff_write: a read-only session leaves a written image byte-identical"
-mutate R16 qcow2/image.cpp '    if (auto r = co_await img->clear_autoclear_bits(); !r) co_return r.error();' '' \
-    "autoclear: a bitmap's bit is cleared and synced before any other write (R16)"
+mutate R16 qcow2/image.cpp '    if (auto r = co_await clear_autoclear_bits(); !r) co_return r;' '' \
+    "autoclear: an unknown bit is cleared and synced before any other write (R16)"
 mutate R17 qcow2/image_corrupt.cpp '    if (data_file_ || !meta_.overlaps(host, len)) co_return ok();' \
     '    co_return ok();' \
     "damage: a write through an L2 entry pointing at metadata marks the image corrupt"
 mutate R18 image/open.cpp \
     '    opts.file_opener = io::latching_opener(std::move(opts.file_opener));  // R18' '' \
     "an EIO on any sync of a barrier fails every later flush until the image is reopened"
+mutate R19 qcow2/image_bitmaps.cpp '    co_return co_await sync_all();' '    co_return ok();' \
+    "bitmaps: in_use is set and synced before any other write (R19)"
+BITMAP_CLOSE="bitmaps: close counts the new clusters first and moves the header last (R20\, R21)"
+mutate R20 qcow2/bitmap_store.cpp '    stage.dir_at = *dir_at;
+    if (auto r = co_await flush_until_quiet(); !r) co_return r;' '    stage.dir_at = *dir_at;' \
+    "$BITMAP_CLOSE"
+mutate R21 qcow2/bitmap_store.cpp '    if (auto r = co_await sync_all(); !r) co_return r;
+
+    // R21' '    // R21' "$BITMAP_CLOSE"
 exit $status

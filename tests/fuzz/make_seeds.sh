@@ -70,6 +70,8 @@ snapshot() {
 bitmap() {
     plain cluster_size=4096
     qemu-img bitmap --add f0 bm0
+    qemu-img bitmap --add --disable -g 512 f0 bm1
+    io -c 'write -P 0x5a 0 8K' f0
 }
 
 seed v3-512 plain cluster_size=512

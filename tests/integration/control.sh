@@ -45,6 +45,20 @@ ctl_err '{"execute":"block-export-add","arguments":{"name":"first","file":"'"$T"
 ctl_err '{"execute":"block-export-add","arguments":{"name":"x","file":"'"$T"'/missing.qcow2"}}' \
     "missing.qcow2"
 ctl_err '{"execute":"block-export-del","arguments":{"name":"nope"}}' "no export named 'nope'"
+mkimg "$T/c.qcow2" 16M
+qemu-img bitmap --add "$T/c.qcow2" b0 || fail "qemu-img bitmap --add"
+ctl_err '{"execute":"block-export-add","arguments":{"name":"x","file":"'"$T"'/c.qcow2","bitmaps":"b0"}}' \
+    "argument 'bitmaps' must be an array of strings"
+ctl_err '{"execute":"block-export-add","arguments":{"name":"x","file":"'"$T"'/c.qcow2","bitmaps":["nope"]}}' \
+    "Bitmap 'nope' is not found"
+ctl_ok '{"execute":"block-export-add","arguments":{"name":"bm","file":"'"$T"'/c.qcow2","bitmaps":["b0"]}}' >/dev/null
+run_t 60 qemu-io -f raw "nbd://127.0.0.1:$PORT/bm" -c "write 1M 64k" >/dev/null || fail "write to bm"
+out=$(run_t 30 nbdinfo --map=qemu:dirty-bitmap:b0 "nbd://127.0.0.1:$PORT/bm") || fail "nbdinfo --map"
+grep -qE '^ *1048576 +65536 +1 +dirty' <<<"$out" || fail "bitmap b0 through the added export: $out"
+out=$(ctl_ok '{"execute":"query-block-exports"}')
+grep -q '"name":"bm",.*"bitmaps":\["b0"\]' <<<"$out" || fail "query-block-exports lacks bm's bitmap: $out"
+ctl_ok '{"execute":"block-export-del","arguments":{"name":"bm"}}' >/dev/null
+img_check "$T/c.qcow2"
 out=$(ctl_ok '{"execute":"query-block-exports"}')
 grep -q '"name":"first"' <<<"$out" && ! grep -q '"name":"x"' <<<"$out" ||
     fail "the failed requests changed the exports: $out"
@@ -73,7 +87,7 @@ EOF
 holder=$!
 for _ in $(seq 100); do grep -q connected "$T/holder.log" && break; sleep 0.1; done
 out=$(ctl_ok '{"execute":"query-block-exports"}')
-grep -q '"name":"second","file":"'"$T"'/b.qcow2","description":"added","read-only":false,"size":33554432,"connections":1' <<<"$out" ||
+grep -q '"name":"second","file":"'"$T"'/b.qcow2","description":"added","read-only":false,"bitmaps":\[\],"size":33554432,"connections":1' <<<"$out" ||
     fail "query-block-exports: $out"
 out=$(ctl_ok '{"execute":"query-stats"}')
 grep -q '"name":"second","flush-requests":[1-9]' <<<"$out" || fail "query-stats: $out"

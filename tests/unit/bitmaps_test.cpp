@@ -107,6 +107,69 @@ TEST_CASE("bitmaps: in_use is set and synced before any other write (R19)", "[bi
     CHECK(b1 == std::vector<DirtyRun>{{16 * MiB, false}});
 }
 
+/// Index of the first op in `ops` from `from` on matching `pred`, or ops.size().
+template <class P>
+size_t find_op(const std::vector<OpRecord>& ops, size_t from, P pred) {
+    for (size_t i = from; i < ops.size(); ++i)
+        if (pred(ops[i])) return i;
+    return ops.size();
+}
+
+/// True if a successful sync lies strictly between ops a and b.
+bool sync_between(const std::vector<OpRecord>& ops, size_t a, size_t b) {
+    for (size_t i = a + 1; i < b && i < ops.size(); ++i)
+        if (ops[i].kind == OpKind::Sync && ops[i].error == 0) return true;
+    return false;
+}
+
+TEST_CASE("bitmaps: close counts the new clusters first and moves the header last (R20, R21)",
+          "[bitmaps][barrier]") {
+    Session s("", 16 * MiB);
+    run_ok("qemu-img bitmap --add " + shq(s.path) + " b0");
+    const uint64_t old_dir = bitmap_dir_offset(s.path);
+    const uint64_t ext = bitmaps_ext_at(s.path);
+    s.run([&]() -> awaitable<void> {
+        auto d = co_await s.open();
+        co_await write_ok(*d, 3 * MiB, 4 * KiB, 0x41);
+        co_await close_ok(*d);
+    });
+    const uint64_t dir = bitmap_dir_offset(s.path);
+    REQUIRE(dir != old_dir);
+    const Layout l = read_layout(s.path);
+    const uint64_t per_block = l.cluster_size() * 8 / 16;
+    const uint64_t block = file_be(s.path, l.rt_off + dir / l.cluster_size() / per_block * 8, 8);
+    const auto ops = changes(s);
+    const size_t dir_write = find_op(
+        ops, 0, [&](const OpRecord& o) { return o.kind == OpKind::Write && o.offset == dir; });
+    REQUIRE(dir_write < ops.size());
+    // R20: the refcount block counting the new directory was written, then synced, before it.
+    const uint64_t slot = dir / l.cluster_size() % per_block * 2;  // 16-bit refcounts
+    size_t counted = ops.size();
+    for (size_t i = 0; i < dir_write; ++i)
+        if (ops[i].kind == OpKind::Write && ops[i].offset == block &&
+            ops[i].data.size() >= slot + 2 && load_be16(ops[i].data.data() + slot) == 1)
+            counted = i;
+    REQUIRE(counted < dir_write);
+    CHECK(sync_between(ops, counted, dir_write));
+    // R21: the header names the new directory only after a sync that follows its write, and
+    // the old directory's refcount drops only after that header write.
+    const size_t moved = find_op(ops, dir_write, [&](const OpRecord& o) {
+        return o.kind == OpKind::Write && o.offset == 0 && o.data.size() >= ext + 24 &&
+               load_be64(o.data.data() + ext + 16) == dir;
+    });
+    REQUIRE(moved < ops.size());
+    CHECK(sync_between(ops, dir_write, moved));
+    const size_t freed = find_op(ops, moved, [&](const OpRecord& o) {
+        return o.kind == OpKind::Write && l.blocks.count(o.offset);
+    });
+    CHECK(freed < ops.size());
+    CHECK(sync_between(ops, moved, freed));
+    const CheckResult c = qemu_check(s.path);
+    INFO(c.json);
+    CHECK(c.corruptions == 0);
+    CHECK(c.leaks == 0);
+}
+
 TEST_CASE("bitmaps: a crash while open leaves them in use and the image reopens", "[bitmaps]") {
     Session s("", 16 * MiB);
     run_ok("qemu-img bitmap --add " + shq(s.path) + " b0");

@@ -105,3 +105,35 @@ TEST_CASE("protocol: NBD_OPT_SET_META_CONTEXT matching", "[protocol]") {
         CHECK(match_set_queries(Queries{"qemu:dirty-bitmap:b0", "x:y", "junk"}, kBoth).empty());
     }
 }
+
+TEST_CASE("protocol: dirty-bitmap contexts of an export", "[protocol]") {
+    const Queries names{"b0", "b1"};
+    const MetaContext b0 = dirty_bitmap_context(0), b1 = dirty_bitmap_context(1);
+    MetaContextSet offered = kBoth;
+    offered.add(b0);
+    offered.add(b1);
+    CHECK(context_id(b0) == 3);
+    CHECK(context_name(b1, names) == "qemu:dirty-bitmap:b1");
+    CHECK(dirty_bitmap_index(b1) == 1u);
+    CHECK_FALSE(dirty_bitmap_index(MetaContext::qemu_allocation_depth));
+    CHECK(context_from_id(4, 2) == b1);
+    CHECK_FALSE(context_from_id(5, 2));
+    CHECK(offered.list() == std::vector<MetaContext>{MetaContext::base_allocation,
+                                                     MetaContext::qemu_allocation_depth, b0, b1});
+    SECTION("LIST") {
+        CHECK(match_list_queries(Queries{}, offered, names) == offered);
+        CHECK(match_list_queries(Queries{"qemu:"}, offered, names) ==
+              MetaContextSet{MetaContext::qemu_allocation_depth, b0, b1});
+        CHECK(match_list_queries(Queries{"qemu:dirty-bitmap:"}, offered, names) ==
+              MetaContextSet{b0, b1});
+        CHECK(match_list_queries(Queries{"qemu:dirty-bitmap:b1"}, offered, names) ==
+              MetaContextSet{b1});
+        CHECK(match_list_queries(Queries{"qemu:dirty-bitmap:b2"}, offered, names).empty());
+    }
+    SECTION("SET") {
+        CHECK(match_set_queries(Queries{"qemu:dirty-bitmap:b0", "base:allocation"}, offered,
+                                names) == MetaContextSet{MetaContext::base_allocation, b0});
+        CHECK(match_set_queries(Queries{"qemu:dirty-bitmap:"}, offered, names).empty());
+        CHECK(match_set_queries(Queries{"qemu:dirty-bitmap:b1"}, kBoth, names).empty());
+    }
+}

@@ -23,7 +23,8 @@ TEST_CASE("qemu opts: doubled commas are commas inside a value", "[cli]") {
 
 TEST_CASE("export spec: every property and the refusals", "[cli]") {
     auto e = parse_export_spec(
-        "name=disk,file=/i/a b.img,format=raw,read-only=on,description=x,,y,allocation-depth=yes");
+        "name=disk,file=/i/a b.img,format=raw,read-only=on,description=x,,y,allocation-depth=yes,"
+        "bitmap=b0");
     REQUIRE(e);
     CHECK(e->name == "disk");
     CHECK(e->file == "/i/a b.img");
@@ -31,11 +32,12 @@ TEST_CASE("export spec: every property and the refusals", "[cli]") {
     CHECK(e->read_only);
     CHECK(e->description == "x,y");
     CHECK(e->allocation_depth);
+    CHECK(e->bitmaps == std::vector<std::string>{"b0"});
     CHECK(parse_export_spec("name=,file=f"));  // the empty name is a name
     for (const char* bad : {"file=f", "name=n", "name=n,file=f,format=vmdk", "name=n,file=f,x=1",
-                            "name=n,file=f,read-only=maybe", "name=n,file=f,bitmap=b"})
+                            "name=n,file=f,read-only=maybe", "name=n,file=f,bitmap="})
         CHECK_FALSE(parse_export_spec(bad));
-    CHECK(parse_export_spec("name=n,file=f,bitmap=b").error().message.find("bitmap") !=
+    CHECK(parse_export_spec("name=n,file=f,bitmap=").error().message.find("bitmap= needs a name") !=
           std::string::npos);
 }
 
@@ -58,6 +60,13 @@ TEST_CASE("export spec: clashes with the single-export options", "[cli]") {
     Config with_device;
     with_device.connect_device = "/dev/nbd0";
     CHECK_FALSE(set_exports(with_device, {"name=a,file=/a"}));
+    Config with_bitmap;
+    with_bitmap.bitmaps = {"b0"};
+    CHECK_FALSE(set_exports(with_bitmap, {"name=a,file=/a"}));
+    Config per_export;
+    CHECK(set_exports(per_export, {"name=a,file=/a,bitmap=b0", "name=b,file=/b"}));
+    CHECK(export_configs(per_export)[0].bitmaps == std::vector<std::string>{"b0"});
+    CHECK(export_configs(per_export)[1].bitmaps.empty());
     Config single;
     single.image = "/x";
     CHECK(export_configs(single).size() == 1);
