@@ -116,8 +116,10 @@ awaitable<Result<void>> Qcow2Image::store_bitmaps() {
 }
 
 void Qcow2Image::free_old_bitmap_clusters(BitmapStage& stage) {
-    // Unreferenced since the header write; freed after the next barrier (R6).
+    // Unreferenced since the header write; freed after the next barrier (R6). The file may
+    // then end in freed clusters: the close cuts them (R11).
     const uint64_t cs = geo_.cluster_size();
+    trim_tail_ = true;
     refcounts_->defer_free(bitmap_dir_offset_, bitmap_dir_.size(), true);
     bitmap_dir_offset_ = stage.dir_at;
     for (BitmapStage::Bitmap& s : stage.bitmaps) {

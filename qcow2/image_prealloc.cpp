@@ -62,9 +62,15 @@ awaitable<Result<void>> Qcow2Image::trim_preallocation() {
     while (preallocating_) co_await prealloc_done_.wait();
     if (!trim_tail_) co_return ok();
     trim_tail_ = false;
-    const uint64_t used = geo_.host_start_of(refcounts_->end_cluster()).value;
+    uint64_t used = geo_.host_start_of(refcounts_->end_cluster()).value;
     auto size = file_->size();
     if (!size) co_return size.error();
+    if (quiet()) {
+        // Every refcount is durable: clusters freed at the end (old bitmap clusters) go too.
+        auto last = co_await refcounts_->used_end(geo_.host_cluster_end(*size));
+        if (!last) co_return last.error();
+        if (last->value) used = std::min(used, geo_.host_start_of(*last).value);
+    }
     if (*size <= used) co_return ok();
     co_return file_->truncate(used);
 }

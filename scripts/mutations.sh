@@ -138,13 +138,14 @@ mutate R17 qcow2/image_corrupt.cpp '    if (data_file_ || !meta_.overlaps(host, 
 mutate R18 image/open.cpp \
     '    opts.file_opener = io::latching_opener(std::move(opts.file_opener));  // R18' '' \
     "an EIO on any sync of a barrier fails every later flush until the image is reopened"
+CRASH_BITMAPS="crash states: persistent bitmaps\, enabled and disabled\, stored at close"
 mutate R19 qcow2/image_bitmaps.cpp '    co_return co_await sync_all();' '    co_return ok();' \
-    "bitmaps: in_use is set and synced before any other write (R19)"
+    "bitmaps: in_use is set and synced before any other write (R19)" "$CRASH_BITMAPS"
 BITMAP_CLOSE="bitmaps: close counts the new clusters first and moves the header last (R20\, R21)"
 mutate R20 qcow2/bitmap_store.cpp '    stage.dir_at = *dir_at;
     if (auto r = co_await flush_until_quiet(); !r) co_return r;' '    stage.dir_at = *dir_at;' \
-    "$BITMAP_CLOSE"
+    "$BITMAP_CLOSE" "$CRASH_BITMAPS"
 mutate R21 qcow2/bitmap_store.cpp '    if (auto r = co_await sync_all(); !r) co_return r;
 
-    // R21' '    // R21' "$BITMAP_CLOSE"
+    // R21' '    // R21' "$BITMAP_CLOSE" "$CRASH_BITMAPS"
 exit $status

@@ -21,6 +21,7 @@
 #include "tests/unit/support/random.hpp"
 #include "tests/unit/support/recording_file.hpp"
 #include "tests/unit/support/run.hpp"
+#include "tests/unit/support/shell.hpp"
 
 using namespace qnbd;
 using namespace qnbd::test;
@@ -45,6 +46,8 @@ struct Workload {
     uint64_t max_len = 20 * KiB;
     bool churn = false;    ///< Mostly writes and discards (see pick()).
     uint64_t prefill = 0;  ///< Bytes at the start written by qemu-io before the run.
+    /// Persistent bitmaps added before the run: qemu-img bitmap --add options and name.
+    std::vector<std::pair<std::string, std::string>> bitmaps = {};
 };
 
 /// What a worker does next.
@@ -126,6 +129,7 @@ struct Run {
     std::string path = dir.file("img.qcow2");
     std::optional<FileHistory> history;
     std::optional<GuestModel> model;
+    Bytes initial;  ///< What the guest read before the run.
 };
 
 /// Creates the image (and its backing file) of `w` in `run`.
@@ -140,6 +144,8 @@ void create_image(const Workload& w, Run& run) {
     }
     qemu_create(run.path, w.size, w.opts, w.backing ? "base.qcow2" : "", "qcow2");
     if (w.prefill) qemu_io(run.path, {"write -P 0x3c 0 " + n(w.prefill)});
+    for (const auto& [opts, name] : w.bitmaps)
+        run_ok("qemu-img bitmap --add " + opts + " " + shq(run.path) + " " + name);
 }
 
 /// Opens the image through the recording file, runs the workers and closes it cleanly.
@@ -149,6 +155,7 @@ awaitable<void> run_workload(const Workload& w, Run& run, OpLog& log, uint64_t s
     auto d = co_await open_disk(co_await asio::this_coro::executor, run.path, o);
     if (!d) FAIL("open_disk: " << d.error().message);
     Bytes initial = co_await read_ok(**d, 0, w.size);
+    run.initial = initial;
     run.model.emplace(std::move(initial));
     Rec rec{**d, *run.model, log};
     std::vector<awaitable<void>> tasks;
@@ -177,9 +184,41 @@ std::unique_ptr<Run> record(const Workload& w, uint64_t seed) {
 struct Tally {
     size_t states = 0;
     size_t segments = 0;
-    size_t with_leaks = 0;     ///< States where qemu-img check found leaked clusters.
-    bool table_moved = false;  ///< The run moved the refcount table (header field changed).
+    size_t with_leaks = 0;          ///< States where qemu-img check found leaked clusters.
+    bool table_moved = false;       ///< The run moved the refcount table (header field changed).
+    size_t bitmaps_in_use = 0;      ///< Bitmaps found in use (inconsistent) in a state.
+    size_t bitmaps_consistent = 0;  ///< Bitmaps found consistent, and checked.
 };
+
+/// R19-R21: a bitmap a crash state presents as consistent marks dirty every granule whose
+/// contents differ from what the guest read before the run; one in use is never trusted.
+awaitable<void> check_bitmaps(const std::string& path, const Workload& w, const Bytes& initial,
+                              Tally& t) {
+    OpenOptions ro;
+    ro.read_only = true;
+    auto d = co_await open_disk(co_await asio::this_coro::executor, path, ro);
+    if (!d) FAIL("qnbd refused the crash state read-only: " << d.error().message);
+    const Bytes got = co_await read_ok(**d, 0, w.size);
+    for (const auto& [opts, name] : w.bitmaps) {
+        const DirtyBitmap* b = (*d)->dirty_bitmap(name);
+        REQUIRE(b);
+        if (!b->consistent) {
+            ++t.bitmaps_in_use;
+            continue;
+        }
+        ++t.bitmaps_consistent;
+        const bool enabled = opts.find("--disable") == std::string::npos;
+        for (uint64_t off = 0; off < w.size; off += b->granularity()) {
+            const uint64_t len = std::min(b->granularity(), w.size - off);
+            const bool changed =
+                !std::equal(got.begin() + off, got.begin() + off + len, initial.begin() + off);
+            INFO("bitmap " << name << ", granule at " << off);
+            if (enabled && changed) REQUIRE(b->dirty_at(off));
+            if (!enabled) REQUIRE_FALSE(b->dirty_at(off));  // A disabled bitmap never changes.
+        }
+    }
+    require_ok(co_await (*d)->close(), "close");
+}
 
 /// Opens a crash state with qnbd, checks what the guest reads, closes it.
 awaitable<void> reopen_and_read(const std::string& path, const GuestModel& m, uint64_t horizon) {
@@ -192,8 +231,9 @@ awaitable<void> reopen_and_read(const std::string& path, const GuestModel& m, ui
 }
 
 /// Every check of one crash state, written to `path`.
-void check_state(const std::string& path, const Bytes& file, const GuestModel& m, uint64_t horizon,
-                 Tally& t) {
+void check_state(const std::string& path, const Bytes& file, const Run& run, uint64_t horizon,
+                 const Workload& w, Tally& t) {
+    const GuestModel& m = *run.model;
     write_file(path, file);
     const CheckResult before = qemu_check(path);
     INFO("qemu-img check of the crash state:\n" << before.json);
@@ -202,6 +242,7 @@ void check_state(const std::string& path, const Bytes& file, const GuestModel& m
     REQUIRE((before.exit_status == 0 || before.exit_status == 3));
     t.with_leaks += before.leaks > 0;
     asio::io_context io;
+    if (!w.bitmaps.empty()) run_co(io, [&]() { return check_bitmaps(path, w, run.initial, t); });
     run_co(io, [&]() { return reopen_and_read(path, m, horizon); });
     const CheckResult after = qemu_check(path);
     INFO("qemu-img check after qnbd reopened and closed it:\n" << after.json);
@@ -224,7 +265,7 @@ Tally check_all(const Workload& w, uint64_t seed) {
     const std::string state = run->dir.file("state.qcow2");
     for_each_state(h, budget, seed, [&](const StatePlan& p, const Segment& s, const Bytes& f) {
         INFO("seed " << seed << ", crash state " << t.states << ": " << p.describe(h));
-        check_state(state, f, *run->model, s.horizon, t);
+        check_state(state, f, *run, s.horizon, w, t);
         ++t.states;
     });
     return t;
@@ -235,7 +276,9 @@ Tally enumerate(const char* name, const Workload& w) {
     const uint64_t seed = test_seed(0xc0ffee);
     const Tally t = check_all(w, seed);
     WARN(name << ": " << t.states << " crash states in " << t.segments << " segments checked ("
-              << t.with_leaks << " with leaked clusters, none corrupt, nothing lost)");
+              << t.with_leaks << " with leaked clusters, none corrupt, nothing lost; bitmaps "
+              << t.bitmaps_consistent << " consistent and covering, " << t.bitmaps_in_use
+              << " in use)");
     CHECK(t.states > t.segments);
     return t;
 }
@@ -286,6 +329,15 @@ TEST_CASE("crash states: extended L2 entries (16 KiB clusters with 512-byte subc
 
 TEST_CASE("crash states: data of the backing file is never replaced by zeros", "[crash]") {
     enumerate("backing file", Workload{"cluster_size=65536", true});
+}
+
+TEST_CASE("crash states: persistent bitmaps, enabled and disabled, stored at close",
+          "[crash][bitmaps]") {
+    Workload w{"cluster_size=4096"};
+    w.bitmaps = {{"", "b0"}, {"-g 512", "b1"}, {"--disable", "b2"}};
+    const Tally t = enumerate("bitmaps", w);
+    CHECK(t.bitmaps_in_use > 0);
+    CHECK(t.bitmaps_consistent > 0);
 }
 
 TEST_CASE("crash states: lazy refcounts", "[crash]") {
