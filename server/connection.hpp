@@ -76,6 +76,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
     /// not take its replies within `kShutdownGrace` is closed anyway. run() then returns.
     void shutdown();
     static constexpr std::chrono::seconds kShutdownGrace{5};
+    /// The longest the end of the stream (TLS close_notify) may take before the close.
+    static constexpr std::chrono::seconds kFinishLimit{5};
 
   private:
     friend class Negotiation;
@@ -83,6 +85,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
     awaitable<std::optional<Negotiated>> negotiate();
     awaitable<error_code> send(std::span<const asio::const_buffer> bufs);
     awaitable<void> transmission(Negotiated n);
+    /// Ends the transport cleanly (Transport::finish), within kFinishLimit.
+    awaitable<void> finish_transport();
     awaitable<bool> read_request(nbd::Session& s, bool& stop);
     awaitable<void> handle(nbd::Request r, Buffer payload,
                            std::chrono::steady_clock::time_point received);

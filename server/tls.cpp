@@ -319,4 +319,12 @@ awaitable<error_code> TlsTransport::write(std::span<const asio::const_buffer> bu
     co_return co_await flush();
 }
 
+awaitable<void> TlsTransport::finish() {
+    // The alert goes into the ciphertext buffer (the push function never blocks), then out.
+    int rc = GNUTLS_E_AGAIN;
+    for (int i = 0; i < 4 && (rc == GNUTLS_E_AGAIN || rc == GNUTLS_E_INTERRUPTED); ++i)
+        rc = gnutls_bye(s_->s, GNUTLS_SHUT_WR);
+    if (rc == GNUTLS_E_SUCCESS) (void)co_await flush();
+}
+
 }  // namespace qnbd::server

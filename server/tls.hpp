@@ -51,6 +51,8 @@ class TlsTransport final : public Transport {
     awaitable<std::pair<error_code, size_t>> read_some(std::span<std::byte> buf) override;
     awaitable<error_code> write(std::span<const asio::const_buffer> bufs) override;
     void shutdown_read() override { inner_->shutdown_read(); }
+    /// Sends close_notify, so the client sees the session end rather than a cut connection.
+    awaitable<void> finish() override;
     void close() override { inner_->close(); }
     const std::string& peer() const override { return inner_->peer(); }
     /// The GnuTLS session and its ciphertext buffers (tls.cpp).

@@ -183,8 +183,19 @@ awaitable<void> Connection::transmission(Negotiated n) {
         if (!co_await read_request(s, stop) || stop || closing_) break;
     }
     while (in_flight_) co_await request_done_.wait();
+    if (!broken_) co_await finish_transport();
     transport_->close();
     if (grace_) grace_->cancel();
+}
+
+awaitable<void> Connection::finish_transport() {
+    // A client that stopped reading must not keep the connection: the close cuts it short.
+    asio::steady_timer limit(ex_, kFinishLimit);
+    limit.async_wait([weak = weak_from_this()](error_code ec) {
+        if (auto self = weak.lock(); self && !ec) self->transport_->close();
+    });
+    co_await transport_->finish();
+    limit.cancel();
 }
 
 awaitable<void> Connection::handle(Request r, Buffer payload, RequestClock::time_point received) {

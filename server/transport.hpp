@@ -34,6 +34,9 @@ class Transport {
     /// Stops receiving: a pending or later read ends (with what was already received, then
     /// eof); writes go on.
     virtual void shutdown_read() = 0;
+    /// Ends the stream cleanly before close(): TLS sends its close_notify alert; a plain
+    /// stream has nothing to send. The caller bounds the time it may take.
+    virtual awaitable<void> finish() { co_return; }
     /// Closes the stream; pending operations fail.
     virtual void close() = 0;
     /// A printable name of the peer, for logs.

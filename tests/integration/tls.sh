@@ -8,7 +8,7 @@
 # each with a log line saying why, and the server keeps serving. Also refused at start: -c
 # with TLS, unknown objects and properties, a client endpoint, a missing file. A client that
 # stalls after STARTTLS is dropped by the handshake timeout; garbage instead of a TLS
-# handshake is logged and dropped.
+# handshake is logged and dropped. The server ends each TLS session with close_notify.
 source "$(dirname "$0")/lib/common.bash"
 need certtool
 need psktool
@@ -101,6 +101,8 @@ grep -q "virtual size: 64 MiB" <<<"$out" || fail "qemu-img info over TLS: $out"
 run_t 60 nbdcopy "$TLSURI" "$T/copy.raw" || fail "nbdcopy over TLS"
 cmp -n 1048576 -i 1048576:0 "$T/copy.raw" <(head -c 1048576 /dev/zero | tr '\0' 'Z') ||
     fail "nbdcopy over TLS did not read what qemu-io wrote"
+# The session ends with close_notify (read by OpenSSL, through Python's ssl module).
+py tls_close.py "$PORT" "$pki/client" disk
 check_alive x "after the refused clients"
 stop_server x
 img_check "$T/a.qcow2"
