@@ -12,6 +12,9 @@
 # W5 4 KiB random writes, depth 32, no flushes, fresh image
 # W6 W3 and W4 at 1, 4, 16, 64 connections; W4 on a 1 TiB image with 64x--size allocated
 # W7 W1 (seq and rand images) and W4 over TLS (x509), qnbd against qemu-nbd, both with TLS
+# W8 the block-device path: fio (libaio, --direct=1) on a loop device over nbdfuse over the
+#    server: 4 KiB QD32 random reads and writes, and W3's 16 synchronous writers; the raw
+#    column is the same fio job straight on the raw file
 # Then the W3 and W5 write patterns once more through qnbd with fio --verify, and qemu-img check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -83,6 +86,17 @@ if want W7; then
   row "W7 W4 over TLS" IOPS "$dir/full.qcow2" "" \
     --rw=randread --bs=4k --iodepth=32 --size="$bytes" --time_based --runtime="$runtime"
   bench_tls=0
+fi
+if want W8 && ! { command -v nbdfuse >/dev/null && [ -w /dev/fuse ] && losetup -f >/dev/null 2>&1; }; then
+  echo "W8 skipped: needs nbdfuse, /dev/fuse and a free loop device (root)" >&2
+elif want W8; then
+  row_blockdev "W8 blockdev randread 4k qd32" IOPS "$dir/full.qcow2" "$dir/raw-full.img" \
+    --rw=randread --bs=4k --iodepth=32 --size="$bytes" --time_based --runtime="$runtime"
+  row_blockdev "W8 blockdev randwrite 4k qd32" IOPS @fresh @rawfresh \
+    --rw=randwrite --bs=4k --iodepth=32 --size="$bytes" --time_based --runtime="$runtime"
+  row_blockdev "W8 blockdev 16 jobs fsync=1" IOPS @fresh @rawfresh \
+    --rw=randwrite --bs=4k --ioengine=psync --numjobs=16 --fsync=1 --size="$bytes" \
+    --time_based --runtime="$runtime"
 fi
 # Correctness of the write paths just measured: fio --verify through qnbd, then qemu-img check.
 if want W3; then

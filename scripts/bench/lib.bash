@@ -140,6 +140,73 @@ measure() {
     "$value" "$moved" "$srv_cpu" "$srv_rss" "$check"
 }
 
+# blockdev_up IMAGE-URI: mounts the export with nbdfuse and puts a loop device (direct I/O) over
+# the FUSE file; sets blk_dev. blockdev_down undoes it.
+blockdev_up() {
+  local i
+  mkdir -p "$dir/fuse"
+  nbdfuse "$dir/fuse" "$1" 2>"$dir/nbdfuse.log" &
+  fuse_pid=$!
+  for i in $(seq 100); do [ -e "$dir/fuse/nbd" ] && break; sleep 0.05; done
+  blk_dev=$(losetup --direct-io=on -f --show "$dir/fuse/nbd") ||
+    { echo "losetup failed on $dir/fuse/nbd" >&2; blockdev_down; exit 1; }
+}
+blockdev_down() {
+  [ -n "${blk_dev:-}" ] && losetup -d "$blk_dev"
+  blk_dev=""
+  umount "$dir/fuse" 2>/dev/null || true
+  wait "$fuse_pid" 2>/dev/null || true
+}
+
+# run_fio_dev UNIT DEVICE ARGS...: fio with libaio and O_DIRECT on a block device or file.
+run_fio_dev() {
+  local unit=$1 dev=$2; shift 2
+  fio --name=bench --ioengine=libaio --direct=1 --filename="$dev" --group_reporting \
+      --output-format=json --output="$dir/fio.json" "$@" >/dev/null 2>"$dir/fio.err" || { cat "$dir/fio.err" >&2; echo "0 0"; return; }
+  python3 - "$dir/fio.json" "$unit" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))["jobs"][0]
+r, w = j["read"], j["write"]
+v = (r["bw_bytes"] + w["bw_bytes"]) / 1e6 if sys.argv[2] == "MB/s" else r["iops"] + w["iops"]
+print(f"{v:.0f} {r['io_bytes'] + w['io_bytes']}")
+PY
+}
+
+# measure_blockdev KIND IMAGESPEC UNIT ARGS...: as measure, with fio on a loop device over
+# nbdfuse over the server (the block-device path, on a host without the nbd module).
+measure_blockdev() {
+  local kind=$1 spec=$2 unit=$3; shift 3
+  local img out value moved check=-
+  img=$(image_for "$spec")
+  drop_caches
+  start_server "$kind" "$img"
+  blockdev_up "$(nbd_uri "$srv_port")"
+  out=$(run_fio_dev "$unit" "$blk_dev" "$@")
+  blockdev_down
+  stop_server
+  value=${out% *} moved=${out#* }
+  if [[ $img == *.qcow2 ]] && [[ "$*" == *write* ]]; then
+    qemu-img check -q "$img" >/dev/null 2>&1 && check=clean || check=DIRTY
+  fi
+  python3 -c "import sys; m=int(sys.argv[2]); print(sys.argv[1], '%.2f' % (float(sys.argv[3]) / (m / 2**30)) if m else '-', sys.argv[4], sys.argv[5])" \
+    "$value" "$moved" "$srv_cpu" "$srv_rss" "$check"
+}
+
+# row_blockdev NAME UNIT QCOW2IMAGE RAWIMAGE FIOARGS...: qnbd and qemu-nbd through the block
+# device; the raw column is fio straight on the raw file (the device's own limit).
+row_blockdev() {
+  local name=$1 unit=$2 qimg=$3 rimg=$4; shift 4
+  local q e raw spb f
+  echo "running $name" >&2
+  q=($(measure_blockdev qnbd "$qimg" "$unit" "$@"))
+  spb=$(syncs_per_barrier)
+  e=($(measure_blockdev qemu-nbd "$qimg" "$unit" "$@"))
+  f=$(image_for "$rimg")
+  drop_caches
+  raw=$(run_fio_dev "$unit" "$f" "$@" | cut -d' ' -f1)
+  rows+=("$name|$unit|${q[0]}|${e[0]}|$raw|${q[1]}|${e[1]}|$((q[2] / 1024))|$spb|${q[3]}")
+}
+
 # syncs per barrier from qnbd's closing statistics line.
 syncs_per_barrier() {
   sed -n 's/.* \([0-9]*\) barriers, \([0-9]*\) fdatasyncs.*/\1 \2/p' "$dir/qnbd.log" | tail -1 |
