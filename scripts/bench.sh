@@ -32,13 +32,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 export PATH=/usr/bin:$PATH
-if [ -z "$qnbd" ]; then
-  scripts/install-deps.sh
-  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DQNBD_SANITIZE=OFF -DQNBD_TESTS=OFF >/dev/null
-  cmake --build build --target qnbd >/dev/null
-  qnbd=$root/build/qnbd
-fi
 source "$root/scripts/bench/lib.bash"
+build_qnbd
 mkdir -p "$dir"
 bytes=$(to_bytes "$size")
 prepare_images

@@ -103,13 +103,28 @@ run_fio() {
   local unit=$1; shift
   fio --name=bench --ioengine=nbd --uri="$(nbd_uri "$srv_port")" --group_reporting \
       --output-format=json --output="$dir/fio.json" "$@" >/dev/null 2>"$dir/fio.err" || { cat "$dir/fio.err" >&2; echo "0 0"; return; }
-  python3 - "$dir/fio.json" "$unit" <<'PY'
+  fio_figure "$unit"
+}
+
+# fio_figure UNIT: "value bytes_moved" of the fio run in $dir/fio.json.
+fio_figure() {
+  python3 - "$dir/fio.json" "$1" <<'PY'
 import json, sys
 j = json.load(open(sys.argv[1]))["jobs"][0]
 r, w = j["read"], j["write"]
 v = (r["bw_bytes"] + w["bw_bytes"]) / 1e6 if sys.argv[2] == "MB/s" else r["iops"] + w["iops"]
 print(f"{v:.0f} {r['io_bytes'] + w['io_bytes']}")
 PY
+}
+
+# build_qnbd: with no --qnbd, installs what is needed and builds the Release qnbd; sets qnbd.
+build_qnbd() {
+  [ -n "$qnbd" ] && return 0
+  "$root/scripts/install-deps.sh"
+  cmake -S "$root" -B "$root/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DQNBD_SANITIZE=OFF \
+    -DQNBD_TESTS=OFF >/dev/null
+  cmake --build "$root/build" --target qnbd >/dev/null
+  qnbd=$root/build/qnbd
 }
 
 # image_for SPEC: a path to benchmark on (@fresh and @rawfresh make new empty images).
@@ -163,13 +178,7 @@ run_fio_dev() {
   local unit=$1 dev=$2; shift 2
   fio --name=bench --ioengine=libaio --direct=1 --filename="$dev" --group_reporting \
       --output-format=json --output="$dir/fio.json" "$@" >/dev/null 2>"$dir/fio.err" || { cat "$dir/fio.err" >&2; echo "0 0"; return; }
-  python3 - "$dir/fio.json" "$unit" <<'PY'
-import json, sys
-j = json.load(open(sys.argv[1]))["jobs"][0]
-r, w = j["read"], j["write"]
-v = (r["bw_bytes"] + w["bw_bytes"]) / 1e6 if sys.argv[2] == "MB/s" else r["iops"] + w["iops"]
-print(f"{v:.0f} {r['io_bytes'] + w['io_bytes']}")
-PY
+  fio_figure "$unit"
 }
 
 # measure_blockdev KIND IMAGESPEC UNIT ARGS...: as measure, with fio on a loop device over

@@ -333,7 +333,7 @@ TEST_CASE("crash states: data of the backing file is never replaced by zeros", "
 
 TEST_CASE("crash states: persistent bitmaps, enabled and disabled, stored at close",
           "[crash][bitmaps]") {
-    Workload w{"cluster_size=4096"};
+    Workload w{"cluster_size=4096", false, 1 * MiB, 4, 12};
     w.prefill = w.size;  // Writes in place are visible at once: the in_use flag must lead.
     w.bitmaps = {{"", "b0"}, {"-g 512", "b1"}, {"--disable", "b2"}};
     const Tally t = enumerate("bitmaps", w);
