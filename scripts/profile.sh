@@ -50,8 +50,9 @@ echo "$work: $iops IOPS; server CPU ${srv_cpu} s in ${runtime} s" \
   "($(awk -v c="$srv_cpu" -v i="$iops" -v t="$runtime" 'BEGIN { if (i > 0) printf "%.1f", c * 1e6 / (i * t); else printf "-" }') us per request)"
 echo
 echo "by shared object (self):"
-perf report -i "$dir/perf.data" --no-children --sort dso --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -12
+perf report -i "$dir/perf.data" --no-children --sort dso --stdio 2>/dev/null | grep -E '^ +[0-9]' |
+  sed -E 's/ +$//' | cut -c1-120 | head -12
 echo
 echo "top symbols (self):"
 perf report -i "$dir/perf.data" --no-children --sort symbol --stdio -g none 2>/dev/null |
-  grep -E '^ +[0-9]' | head -40
+  grep -E '^ +[0-9]' | sed -E 's/ +- +- *$//; s/ +$//' | cut -c1-160 | head -40

@@ -128,7 +128,8 @@ struct TlsTransport::Session {
     gnutls_session_t s = nullptr;
     std::vector<std::byte> in;  ///< Received ciphertext not yet taken by GnuTLS.
     size_t in_pos = 0;
-    std::vector<std::byte> out;  ///< Ciphertext produced, not yet written.
+    std::vector<std::byte> out;    ///< Ciphertext produced, not yet written.
+    std::vector<std::byte> spare;  ///< The buffer being written; swapped with `out`.
     bool flushing = false;
     error_code out_error;
     Notifier flushed;
@@ -264,9 +265,11 @@ awaitable<error_code> TlsTransport::flush() {
     s_->flushing = true;
     error_code ec;
     while (!s_->out.empty() && !ec) {
-        const std::vector<std::byte> chunk = std::exchange(s_->out, {});
-        const asio::const_buffer b(chunk.data(), chunk.size());
+        // Both buffers keep their capacity: no allocation per reply once they have grown.
+        std::swap(s_->out, s_->spare);
+        const asio::const_buffer b(s_->spare.data(), s_->spare.size());
         ec = co_await inner_->write({&b, 1});
+        s_->spare.clear();
     }
     s_->flushing = false;
     s_->out_error = ec;
@@ -299,8 +302,12 @@ awaitable<error_code> TlsTransport::read(std::span<std::byte> buf) {
 }
 
 awaitable<error_code> TlsTransport::write(std::span<const asio::const_buffer> bufs) {
-    // Corked: the buffers of one reply go out in as few records as their size allows.
-    gnutls_record_cork(s_->s);
+    // A small reply is corked so that its pieces share one record. A large one is not: the
+    // cork would copy all of it into GnuTLS's buffer first, and its records are full anyway.
+    size_t total = 0;
+    for (const auto& b : bufs) total += b.size();
+    const bool cork = total <= kCorkLimit;
+    if (cork) gnutls_record_cork(s_->s);
     for (const auto& b : bufs) {
         const auto* p = static_cast<const char*>(b.data());
         for (size_t done = 0; done < b.size();) {
@@ -310,7 +317,7 @@ awaitable<error_code> TlsTransport::write(std::span<const asio::const_buffer> bu
             if (rc > 0) done += static_cast<size_t>(rc);
         }
     }
-    for (;;) {
+    while (cork) {
         const int rc = gnutls_record_uncork(s_->s, 0);
         if (rc >= 0) break;
         if (rc != GNUTLS_E_AGAIN && rc != GNUTLS_E_INTERRUPTED)

@@ -59,6 +59,8 @@ class TlsTransport final : public Transport {
     struct Session;
 
   private:
+    /// Replies up to this size are corked into as few records as possible.
+    static constexpr size_t kCorkLimit = 64 * 1024;
     /// Reads more ciphertext from the inner transport.
     awaitable<error_code> fill();
     /// Writes the ciphertext GnuTLS produced, in order, one writer at a time.
