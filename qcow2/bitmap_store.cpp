@@ -4,9 +4,7 @@
 #include <algorithm>
 #include <cstring>
 
-#include "base/hex.hpp"
 #include "qcow2/image.hpp"
-#include "qcow2/tables.hpp"
 
 namespace qnbd::qcow2 {
 namespace {

@@ -1,6 +1,8 @@
 // NBD_CMD_BLOCK_STATUS: one chunk per selected metadata context.
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 #include "protocol/errors.hpp"
 #include "server/request.hpp"
 
@@ -52,7 +54,11 @@ awaitable<void> RequestHandler::block_status() {
     std::vector<Extent> extents;
     uint64_t pos = r_.offset;
     const uint64_t end = r_.offset + r_.length;
-    while (pos < end && extents.size() < 65536) {
+    // Bitmap contexts are answered from memory: the disk is asked only for the others.
+    const auto contexts = c_.neg_->contexts.list();
+    const bool need_extents = std::any_of(contexts.begin(), contexts.end(),
+                                          [](MetaContext m) { return !dirty_bitmap_index(m); });
+    while (need_extents && pos < end && extents.size() < 65536) {
         auto r = co_await d.block_status(GuestOffset{pos}, end - pos);
         if (!r) {
             spdlog::warn("{}: BLOCK_STATUS at offset {} failed: {}", c_.peer(), pos,
@@ -68,7 +74,6 @@ awaitable<void> RequestHandler::block_status() {
         if (one) break;
     }
     std::vector<ByteVector> chunks;
-    const auto contexts = c_.neg_->contexts.list();
     for (size_t i = 0; i < contexts.size(); ++i) {
         auto bitmap = dirty_bitmap_index(contexts[i]);
         auto desc = bitmap ? describe_bitmap(*exp().bitmaps.at(*bitmap), r_.offset, r_.length, one)

@@ -139,13 +139,17 @@ image_for() {
 drop_caches() { sync; [ -w /proc/sys/vm/drop_caches ] && echo 1 > /proc/sys/vm/drop_caches || true; }
 
 # measure KIND IMAGESPEC UNIT ARGS...: prints "value cpu_s_per_gib rss_kib check".
-measure() {
-  local kind=$1 spec=$2 unit=$3; shift 3
+measure() { measure_by run_fio "$@"; }
+
+# measure_by RUNNER KIND IMAGESPEC UNIT ARGS...: as measure, with RUNNER UNIT ARGS... running
+# fio against the started server (run_fio: the nbd engine; fio_blockdev: a block device).
+measure_by() {
+  local runner=$1 kind=$2 spec=$3 unit=$4; shift 4
   local img out value moved check=-
   img=$(image_for "$spec")
   drop_caches
   start_server "$kind" "$img"
-  out=$(run_fio "$unit" "$@")
+  out=$("$runner" "$unit" "$@")
   stop_server
   value=${out% *} moved=${out#* }
   if [[ $kind == qnbd* || $kind == qemu-nbd ]] && [[ $img == *.qcow2 ]] && [[ "$*" == *write* ]]; then
@@ -181,24 +185,13 @@ run_fio_dev() {
   fio_figure "$unit"
 }
 
-# measure_blockdev KIND IMAGESPEC UNIT ARGS...: as measure, with fio on a loop device over
-# nbdfuse over the server (the block-device path, on a host without the nbd module).
-measure_blockdev() {
-  local kind=$1 spec=$2 unit=$3; shift 3
-  local img out value moved check=-
-  img=$(image_for "$spec")
-  drop_caches
-  start_server "$kind" "$img"
+# fio_blockdev UNIT ARGS...: fio on a loop device over nbdfuse over the started server (the
+# block-device path, on a host without the nbd module).
+fio_blockdev() {
+  local unit=$1; shift
   blockdev_up "$(nbd_uri "$srv_port")"
-  out=$(run_fio_dev "$unit" "$blk_dev" "$@")
+  run_fio_dev "$unit" "$blk_dev" "$@"
   blockdev_down
-  stop_server
-  value=${out% *} moved=${out#* }
-  if [[ $img == *.qcow2 ]] && [[ "$*" == *write* ]]; then
-    qemu-img check -q "$img" >/dev/null 2>&1 && check=clean || check=DIRTY
-  fi
-  python3 -c "import sys; m=int(sys.argv[2]); print(sys.argv[1], '%.2f' % (float(sys.argv[3]) / (m / 2**30)) if m else '-', sys.argv[4], sys.argv[5])" \
-    "$value" "$moved" "$srv_cpu" "$srv_rss" "$check"
 }
 
 # row_blockdev NAME UNIT QCOW2IMAGE RAWIMAGE FIOARGS...: qnbd and qemu-nbd through the block
@@ -207,9 +200,9 @@ row_blockdev() {
   local name=$1 unit=$2 qimg=$3 rimg=$4; shift 4
   local q e raw spb f
   echo "running $name" >&2
-  q=($(measure_blockdev qnbd "$qimg" "$unit" "$@"))
+  q=($(measure_by fio_blockdev qnbd "$qimg" "$unit" "$@"))
   spb=$(syncs_per_barrier)
-  e=($(measure_blockdev qemu-nbd "$qimg" "$unit" "$@"))
+  e=($(measure_by fio_blockdev qemu-nbd "$qimg" "$unit" "$@"))
   f=$(image_for "$rimg")
   drop_caches
   raw=$(run_fio_dev "$unit" "$f" "$@" | cut -d' ' -f1)
