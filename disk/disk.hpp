@@ -50,9 +50,11 @@ struct ZeroFlags {
 struct DiskStats {
     uint64_t barriers = 0;            ///< Flush barriers completed.
     uint64_t syncs = 0;               ///< fdatasync calls issued.
+    uint64_t syncs_saved = 0;         ///< Barriers whose L2 writes needed no sync before (R22).
     uint64_t flush_requests = 0;      ///< flush() calls (each joins a barrier).
     uint64_t clusters_allocated = 0;  ///< Host clusters allocated.
     uint64_t clusters_freed = 0;      ///< Host clusters freed.
+    uint64_t clusters_reserved = 0;   ///< Now counted ahead of use, unreferenced (R22).
     uint64_t metadata_writes = 0;     ///< L1/L2/refcount/header writes issued.
     uint64_t cache_hits = 0;          ///< Metadata cache hits.
     uint64_t cache_misses = 0;        ///< Metadata cache misses (reads from disk).

@@ -143,8 +143,14 @@ awaitable<Result<void>> Qcow2Image::close() {
     if (closed_) co_return ok();
     Result<void> result;
     if (!read_only_) {
+        // R22: the clusters counted ahead are given back first, so the refcounts end exact.
+        // If that fails the data is still flushed; the dirty bit stays and the leak is rebuilt.
+        closing_ = true;
+        Result<void> dropped = ok();
+        if (!corrupt_) dropped = co_await refcounts_->drop_reserve();
         co_await check_file_tail();
         result = co_await flush_until_quiet();
+        if (result && !dropped) result = dropped;
         if (result && !corrupt_) result = co_await store_bitmaps();
         // R11: the dirty bit is cleared only over fully written metadata.
         if (result && header_on_disk_dirty_ && quiet()) {

@@ -87,6 +87,7 @@ struct DataCluster {
     HostOffset host;
     bool fresh = false;       ///< Never written: reads as zeros without zeroing (R13).
     bool refcounted = false;  ///< Allocated from the refcounts (not an external data file).
+    bool durable = false;     ///< Its refcount was durable before it was handed out (R22).
 };
 
 /// Everything one barrier makes durable, captured in one step (R9).
@@ -96,6 +97,9 @@ struct BarrierWrites {
     std::vector<DirtyCopy> l2;
     std::vector<TableWrite> l1;
     bool data = false;  ///< Data was written since the previous barrier.
+    /// Some L2 change references a cluster whose refcount or data must be durable first
+    /// (R2, R4); without one the L2 tables need no sync before them (R22).
+    bool l2_ordered = false;
     bool has_metadata() const { return !refcounts.empty() || !l2.empty() || !l1.empty(); }
 };
 
@@ -164,7 +168,10 @@ class Qcow2Image final : public Disk, public std::enable_shared_from_this<Qcow2I
     awaitable<Result<void>> fill_cluster(ClusterIndex c, const ClusterInfo& ci, DataCluster target,
                                          AllocationShape shape, uint64_t start,
                                          std::span<const std::byte> data);
-    awaitable<Result<void>> set_mapping(ClusterIndex c, HostOffset host, uint64_t bitmap);
+    /// Points the L2 entry of `c` at `host`; `early` when the cluster was counted at an earlier
+    /// barrier and reads as the guest's old contents (zeros) until the data is durable (R22).
+    awaitable<Result<void>> set_mapping(ClusterIndex c, HostOffset host, uint64_t bitmap,
+                                        bool early);
     /// Writes a run of clusters that all need a new host cluster and read as zeros: one
     /// contiguous allocation, one data write (or cluster by cluster if one changed meanwhile).
     awaitable<Result<void>> write_fresh_run(FreshRunStep run, std::span<const std::byte> data);
@@ -226,6 +233,9 @@ class Qcow2Image final : public Disk, public std::enable_shared_from_this<Qcow2I
     /// (the reserved tail, or after a crash whatever lies past the last referenced cluster).
     awaitable<Result<void>> trim_preallocation();
     awaitable<void> check_file_tail();
+    /// R22: before a barrier captures, counts the next clusters to hand out, inside the
+    /// preallocated tail: twice what was handed out since the previous top-up.
+    awaitable<Result<void>> top_up_reserve();
 
     // Barriers (image_flush.cpp).
     void start_barriers();
@@ -313,6 +323,9 @@ class Qcow2Image final : public Disk, public std::enable_shared_from_this<Qcow2I
 
     bool header_on_disk_dirty_ = false;  ///< The dirty bit is set on disk and synced (R1).
     bool data_written_ = false;          ///< Data was written since the last sync.
+    bool l2_ordered_ = false;            ///< See BarrierWrites::l2_ordered.
+    bool closing_ = false;               ///< close() has begun: no reserve any more (R22).
+    uint64_t allocated_at_top_up_ = 0;   ///< stats_.clusters_allocated at the last top-up.
     uint64_t barrier_requested_ = 0;
     uint64_t barrier_started_ = 0;
     uint64_t barrier_done_ = 0;

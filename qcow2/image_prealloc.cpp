@@ -18,6 +18,9 @@ uint64_t chunk_for(uint64_t virtual_size, const Geometry& geo) {
     return geo.round_up(std::clamp<uint64_t>(virtual_size / 16, 4u << 20, 256u << 20));
 }
 
+/// The fewest clusters a top-up of the reserve asks for.
+constexpr uint64_t kMinReserve = 64;
+
 }  // namespace
 
 void Qcow2Image::maybe_preallocate(HostOffset allocated_end) {
@@ -56,6 +59,21 @@ awaitable<void> Qcow2Image::preallocate(std::shared_ptr<Qcow2Image> self, uint64
         // and a real shortage of space surfaces on those writes.
         prealloc_off_ = true;
     }
+}
+
+awaitable<Result<void>> Qcow2Image::top_up_reserve() {
+    if (read_only_ || closing_ || corrupt_ || data_file_) co_return ok();
+    const uint64_t used = stats_.clusters_allocated - allocated_at_top_up_;
+    if (used == 0) co_return ok();  // No allocation since the last barrier: nothing to count.
+    allocated_at_top_up_ = stats_.clusters_allocated;
+    // At most half a preallocation chunk: a crash leaks at most that much until the rebuild.
+    const uint64_t most =
+        std::max<uint64_t>(kMinReserve, chunk_for(header_.size, geo_) / geo_.cluster_size() / 2);
+    const uint64_t want = std::clamp<uint64_t>(2 * used, kMinReserve, most);
+    // Only clusters the file already covers (fallocate has completed): the barrier's sync makes
+    // the file's size durable with their counts, so no L2 entry can point past the file's end.
+    const HostClusterIndex limit = geo_.host_cluster_of(HostOffset{reserved_end_});
+    co_return co_await refcounts_->top_up_reserve(limit, want);
 }
 
 awaitable<Result<void>> Qcow2Image::trim_preallocation() {

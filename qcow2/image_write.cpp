@@ -97,7 +97,7 @@ awaitable<Result<DataCluster>> Qcow2Image::allocate_data_cluster(ClusterIndex c)
     if (!a) co_return a.error();
     const HostOffset host = geo_.host_start_of(a->first);
     maybe_preallocate(host + geo_.cluster_size());
-    co_return DataCluster{host, a->fresh, true};
+    co_return DataCluster{host, a->fresh, true, a->durable};
 }
 
 void Qcow2Image::release_host(const ClusterInfo& ci) {
@@ -130,7 +130,11 @@ awaitable<Result<void>> Qcow2Image::write_allocating(ClusterIndex c, const Clust
     }
     const AllocationShape shape = shape_allocation(ci, start, data.size(), reuse, geo_);
     auto r = co_await fill_cluster(c, ci, target, shape, start, data);
-    if (r) r = co_await set_mapping(c, target.host, shape.bitmap);
+    // R22: a fresh cluster counted at an earlier barrier, where the guest saw only zeros, reads
+    // the same whether or not its data became durable: no sync needed between data and L2.
+    const bool early =
+        !reuse && target.fresh && target.durable && reads_as_zero(ci, write_context());
+    if (r) r = co_await set_mapping(c, target.host, shape.bitmap, early);
     if (!r) {
         if (target.refcounted) co_await give_back(target.host, ClusterCount{1});
         co_return r;
@@ -163,10 +167,12 @@ awaitable<Result<void>> Qcow2Image::fill_cluster(ClusterIndex c, const ClusterIn
     co_return co_await f.write(target.host + shape.begin, buf.span());
 }
 
-awaitable<Result<void>> Qcow2Image::set_mapping(ClusterIndex c, HostOffset host, uint64_t bitmap) {
+awaitable<Result<void>> Qcow2Image::set_mapping(ClusterIndex c, HostOffset host, uint64_t bitmap,
+                                                bool early) {
     auto t = co_await l2_table(c, true);
     if (!t) co_return t.error();
     set_l2_slot(*t, c, encode_normal(host), bitmap);
+    if (!early) l2_ordered_ = true;  // R2, R4: the barrier syncs before this L2 entry.
     co_return ok();
 }
 
@@ -203,7 +209,8 @@ awaitable<Result<void>> Qcow2Image::write_fresh_run(FreshRunStep run,
     }
     for (uint64_t i = 0; i < run.count.value; ++i) {
         const ClusterIndex c = run.first + ClusterCount{i};
-        if (auto r = co_await set_mapping(c, host + geo_.bytes(ClusterCount{i}), 0); !r) {
+        if (auto r = co_await set_mapping(c, host + geo_.bytes(ClusterCount{i}), 0, a->durable);
+            !r) {
             co_await give_back(host + geo_.bytes(ClusterCount{i}),
                                ClusterCount{run.count.value - i});
             co_return r;

@@ -8,9 +8,15 @@
 namespace qnbd::qcow2 {
 
 awaitable<Result<HostClusterIndex>> Refcounts::find_free_run(ClusterCount n) {
+    co_return co_await find_free_run_below(n, HostClusterIndex{UINT64_MAX});
+}
+
+awaitable<Result<HostClusterIndex>> Refcounts::find_free_run_below(ClusterCount n,
+                                                                   HostClusterIndex limit) {
     HostClusterIndex start = cursor_;
     uint64_t run = 0;
     for (HostClusterIndex c = cursor_;; ++c) {
+        if (c >= limit) co_return limit;
         if (run == 0) start = c;
         const uint64_t b = block_of(c);
         bool free = true;  // No block: the whole range is free...
@@ -47,17 +53,30 @@ awaitable<Result<bool>> Refcounts::ensure_blocks_for(HostClusterIndex first, Clu
     co_return created;
 }
 
-awaitable<Result<Allocation>> Refcounts::allocate(ClusterCount n) {
+Refcounts::AllocLock::~AllocLock() {
+    if (!r) return;
+    r->alloc_busy_ = false;
+    r->alloc_done_.notify_all();
+}
+
+awaitable<Refcounts::AllocLock> Refcounts::lock_allocator() {
     while (alloc_busy_) co_await alloc_done_.wait();
     alloc_busy_ = true;
-    struct Release {
-        Refcounts* r;
-        ~Release() {
-            r->alloc_busy_ = false;
-            r->alloc_done_.notify_all();
-        }
-    } release{this};
+    co_return AllocLock(this);
+}
+
+awaitable<Result<Allocation>> Refcounts::allocate(ClusterCount n) {
+    AllocLock lock = co_await lock_allocator();
     for (;;) {
+        // R22: the reserve serves a run when no freed clusters below it can (the file does not
+        // grow while it has room); a reserve too short for the run is given back.
+        if (reserve_left() >= n.value) {
+            auto below = co_await find_free_run_below(n, res_.next);
+            if (!below) co_return below.error();
+            if (*below == res_.next) co_return co_await take_reserved(n);
+        } else if (reserve_left() > 0) {
+            if (auto r = co_await drop_reserve_locked(); !r) co_return r.error();
+        }
         auto found = co_await find_free_run(n);
         if (!found) co_return found.error();
         const HostClusterIndex first = *found;
@@ -72,7 +91,7 @@ awaitable<Result<Allocation>> Refcounts::allocate(ClusterCount n) {
         fresh_start_ = std::max(fresh_start_, first + n);
         cursor_ = std::max(cursor_, first + n);
         stats_.clusters_allocated += n.value;
-        co_return Allocation{first, n, fresh};
+        co_return Allocation{first, n, fresh, false};
     }
 }
 

@@ -123,6 +123,8 @@ RefcountWrites Refcounts::take_dirty() {
     }
     dirty_table_.clear();
     w.relocation = std::exchange(relocated_, std::nullopt);
+    w.reserve_generation = res_.generation;  // Every reserved refcount is in a block by now.
+    w.reserve_end = res_.end;
     return w;
 }
 
@@ -176,6 +178,7 @@ awaitable<Result<void>> Refcounts::reconcile(const std::vector<uint64_t>& counts
     uint64_t last = counts.size();
     while (last > 0 && counts[last - 1] == 0) --last;
     end_cluster_ = HostClusterIndex{last};
+    restart_reserve();  // Reserved clusters have no references: their counts are 0 now.
     co_return ok();
 }
 

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <optional>
 #include <set>
+#include <utility>
 #include <vector>
 
 #include "base/async.hpp"
@@ -37,6 +38,8 @@ struct RefcountWrites {
     std::vector<TableWrite> table;               ///< Changed refcount table clusters.
     RefTableLocation table_location;             ///< Where `table` was encoded for.
     std::optional<RefTableLocation> relocation;  ///< Set when the table moved: header update.
+    uint64_t reserve_generation = 0;             ///< The reserve these blocks count (R22)...
+    HostClusterIndex reserve_end;                ///< ... up to here: durable after the barrier.
     bool empty() const { return blocks.empty() && table.empty() && !relocation; }
 };
 
@@ -45,6 +48,8 @@ struct Allocation {
     HostClusterIndex first;
     ClusterCount count;
     bool fresh = false;  ///< Never used before (beyond the original end of file): reads as zeros.
+    /// Taken from the reserve with its refcount already durable, inside the durable file (R22).
+    bool durable = false;
 };
 
 /// Refcount bookkeeping and the allocator of host clusters in the image file.
@@ -70,6 +75,19 @@ class Refcounts {
     /// The first run of `n` free clusters at or after the allocation cursor (read-only; the
     /// first cluster of a range without a refcount block is never part of a run).
     awaitable<Result<HostClusterIndex>> find_free_run(ClusterCount n);
+    /// As find_free_run, but a run that would not end at or before `limit` gives `limit`.
+    awaitable<Result<HostClusterIndex>> find_free_run_below(ClusterCount n, HostClusterIndex limit);
+    /// R22: extends the reserve of fresh clusters counted ahead of use to `want` clusters,
+    /// below `limit` (the end of the file as preallocated). The barrier that captures their
+    /// refcount blocks makes them durable (reserve_durable); allocate() hands them out first
+    /// when no freed cluster is available below them.
+    awaitable<Result<void>> top_up_reserve(HostClusterIndex limit, uint64_t want);
+    /// The barrier that captured `w` completed: its reserved clusters' refcounts are durable.
+    void reserve_durable(const RefcountWrites& w);
+    /// Gives the unused reserve back (refcount 0), as at clean close.
+    awaitable<Result<void>> drop_reserve();
+    /// Reserved clusters not yet handed out.
+    uint64_t reserve_left() const { return (res_.end - res_.next).value; }
     /// Gives back a run allocate() returned whose use failed before anything referenced it.
     /// Best effort: a failure leaves the run allocated (leaked, reclaimed by a rebuild).
     awaitable<Result<void>> release(HostClusterIndex first, ClusterCount n);
@@ -146,6 +164,29 @@ class Refcounts {
     std::vector<PendingFree> pending_;
     bool alloc_busy_ = false;
     Notifier alloc_done_;
+    /// R22: fresh clusters [next, end) counted (refcount 1) but not handed out; those below
+    /// durable_end have their refcounts durable. A new generation starts with every new range.
+    struct Reserve {
+        HostClusterIndex next, end, durable_end;
+        uint64_t generation = 0;
+    } res_;
+    awaitable<Result<Allocation>> take_reserved(ClusterCount n);
+    awaitable<Result<bool>> reserve_one();
+    awaitable<Result<void>> drop_reserve_locked();
+    void restart_reserve();
+
+    /// Holds the allocator: allocation, the reserve's top-up and its drop take turns.
+    class AllocLock {
+      public:
+        explicit AllocLock(Refcounts* owner) : r(owner) {}
+        AllocLock(AllocLock&& o) noexcept : r(std::exchange(o.r, nullptr)) {}
+        AllocLock& operator=(AllocLock&&) = delete;
+        ~AllocLock();
+
+      private:
+        Refcounts* r;
+    };
+    awaitable<AllocLock> lock_allocator();
 };
 
 }  // namespace qnbd::qcow2

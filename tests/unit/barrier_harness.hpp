@@ -13,6 +13,7 @@
 #include "base/async.hpp"
 #include "base/buffer.hpp"
 #include "image/open.hpp"
+#include "tests/unit/support/crash_states.hpp"
 #include "tests/unit/support/disk.hpp"
 #include "tests/unit/support/files.hpp"
 #include "tests/unit/support/qemu.hpp"
@@ -38,6 +39,7 @@ struct Layout {
     uint64_t rt_off = 0, rt_clusters = 0;
     std::set<uint64_t> l2;      ///< L2 tables (from the L1 table).
     std::set<uint64_t> blocks;  ///< Refcount blocks (from the refcount table).
+    Bytes bytes;                ///< The whole file.
     uint64_t cluster_size() const { return uint64_t{1} << cluster_bits; }
 };
 
@@ -56,6 +58,7 @@ inline Layout read_layout(const std::string& path) {
         if (uint64_t e = be64(l.l1_off + i * 8) & kOffsetMask) l.l2.insert(e);
     for (uint64_t i = 0; i < l.rt_clusters * l.cluster_size() / 8; ++i)
         if (uint64_t e = be64(l.rt_off + i * 8) & ~uint64_t{0x1ff}) l.blocks.insert(e);
+    l.bytes = b;
     return l;
 }
 
@@ -112,6 +115,7 @@ struct Classifier {
 /// What one flush did: its operations and the engine counters around it.
 struct Window {
     std::vector<OpRecord> ops;
+    std::vector<OpRecord> history;  ///< Every operation of the log issued before the flush.
     DiskStats before, after;
     bool data = false;  ///< Guest data was written since the previous barrier.
 };
@@ -146,6 +150,60 @@ inline bool sync_between(const std::vector<const OpRecord*>& syncs, uint64_t aft
     return false;
 }
 
+/// The file `path` as durable when clock value `from` was reached: `base` with every change that
+/// completed before the last sync that completed before `from` was issued.
+inline Bytes durable_before(const std::vector<OpRecord>& ops, const std::string& path,
+                            const Bytes& base, uint64_t from) {
+    crash::FileHistory h = crash::history_of(ops, path, base);
+    uint64_t cut = 0;
+    for (const OpRecord& s : h.syncs)
+        if (s.done < from) cut = std::max(cut, s.seq);
+    Bytes file = h.base;
+    for (const OpRecord& c : h.changes)
+        if (c.done < cut) crash::apply(file, c);
+    return file;
+}
+
+/// The refcount of the host cluster at `host` in an image file's bytes (0 where none covers it).
+inline uint64_t stored_refcount(const Bytes& f, uint64_t host) {
+    auto be = [&](uint64_t off, unsigned n) {
+        uint64_t v = 0;
+        for (unsigned i = 0; i < n && off + i < f.size(); ++i) v = v << 8 | uint64_t(f[off + i]);
+        return v;
+    };
+    const uint64_t cs = uint64_t{1} << be(20, 4);
+    const uint64_t bits = uint64_t{1} << (be(4, 4) >= 3 ? be(96, 4) : 4);
+    const uint64_t per_block = cs * 8 / bits, c = host / cs;
+    const uint64_t block = be(be(48, 8) + c / per_block * 8, 8) & ~uint64_t{0x1ff};
+    if (!block) return 0;
+    const uint64_t i = c % per_block;
+    if (bits >= 8) return be(block + i * bits / 8, unsigned(bits / 8));
+    const uint64_t byte = be(block + i * bits / 8, 1);
+    return (byte >> (i * bits % 8)) & ((uint64_t{1} << bits) - 1);
+}
+
+/// R22: a barrier that wrote L2 tables without a sync before them may only have pointed them at
+/// clusters whose refcounts were durable, inside the durable file, before the barrier began.
+inline void check_early_references(const Window& w, const Classifier& cls) {
+    const Bytes& base = cls.before.bytes;
+    const bool extended = base.size() >= 80 && (load_be64(base.data() + 72) & 16);
+    const uint64_t stride = extended ? 16 : 8, cs = cls.after.cluster_size();
+    for (const OpRecord& op : w.ops) {
+        if (op.kind != OpKind::Write || cls(op) != Stage::L2) continue;
+        const Bytes durable = durable_before(w.history, op.path, base, w.ops.front().seq);
+        for (uint64_t i = 0; i + 8 <= op.data.size(); i += stride) {
+            const uint64_t e = load_be64(op.data.data() + i);
+            const uint64_t at = op.offset + i;
+            const uint64_t old = at + 8 <= durable.size() ? load_be64(durable.data() + at) : 0;
+            const uint64_t host = e & kOffsetMask;
+            if ((e >> 62) & 1 || host == 0 || host == (old & kOffsetMask)) continue;
+            INFO("L2 entry at 0x" << std::hex << at << " now points to 0x" << host);
+            CHECK(stored_refcount(durable, host) > 0);
+            CHECK(host + cs <= durable.size());
+        }
+    }
+}
+
 /// Checks the order of one barrier's operations and returns what it contained.
 inline Summary check_barrier(const Window& w, const Classifier& cls) {
     INFO("barrier operations (seq-done):\n" << describe(w.ops, cls));
@@ -173,8 +231,12 @@ inline Summary check_barrier(const Window& w, const Classifier& cls) {
         for (const auto& op : s.writes[st]) v = std::max(v, op.done);
         return v;
     };
+    // R22: the engine left out the sync before the L2 tables (checked on its own below).
+    const uint64_t saved = w.after.syncs_saved - w.before.syncs_saved;
+    CHECK(saved <= 1);
     for (size_t i = 0; i < s.stages.size(); ++i) {
         const bool last = i + 1 == s.stages.size();
+        if (saved && !last && s.stages[i + 1] == Stage::L2) continue;
         INFO(stage_name(s.stages[i]) << " -> " << (last ? "end" : stage_name(s.stages[i + 1])));
         CHECK(sync_between(syncs, last_done(s.stages[i]),
                            last ? UINT64_MAX : first_seq(s.stages[i + 1])));
@@ -182,11 +244,13 @@ inline Summary check_barrier(const Window& w, const Classifier& cls) {
     // Data written before the barrier must be durable before any table can point to it.
     const bool merges =
         !s.stages.empty() && (s.stages[0] == Stage::DirtyHeader || s.stages[0] == Stage::RefBlock);
-    if (w.data && !s.stages.empty() && !merges)
+    const bool data_sync = w.data && !s.stages.empty() && !merges;
+    if (data_sync && !(saved && s.stages[0] == Stage::L2))
         CHECK(sync_between(syncs, 0, first_seq(s.stages[0])));
     const size_t need =
-        s.stages.empty() ? (w.data ? 1 : 0) : s.stages.size() + (w.data && !merges ? 1 : 0);
+        s.stages.empty() ? (w.data ? 1 : 0) : s.stages.size() + (data_sync ? 1 : 0) - saved;
     CHECK(s.syncs == need);
+    if (saved) check_early_references(w, cls);
     // The engine's counters agree with what reached the file.
     size_t writes = 0;
     for (const auto& [st, v] : s.writes) writes += v.size();
@@ -250,6 +314,8 @@ inline awaitable<Window> flush_window(Disk& d, OpLog& log, bool data) {
     if (!r) FAIL("flush failed: " << r.error().message);
     w.after = d.stats();
     w.ops = log.ops_since(from);
+    for (const OpRecord& op : log.ops())
+        if (op.seq < from) w.history.push_back(op);
     co_return w;
 }
 
