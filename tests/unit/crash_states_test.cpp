@@ -312,7 +312,7 @@ bool rewritten_later(const FileHistory& h, size_t v, size_t n) {
 TEST_CASE(
     "crash states: writes and FUA writes and zeros and discards and flushes from 4 requesters",
     "[crash]") {
-    enumerate("64 KiB clusters", Workload{"cluster_size=65536"});
+    enumerate("64 KiB clusters", Workload{"cluster_size=65536", false, 4 * MiB, 4, 24});
 }
 
 TEST_CASE("crash states: 512-byte clusters and 64-bit refcounts grow and move the refcount table",
