@@ -13,8 +13,9 @@
 # W6 W3 and W4 at 1, 4, 16, 64 connections; W4 on a 1 TiB image with 64x--size allocated
 # W7 W1 (seq and rand images) and W4 over TLS (x509), qnbd against qemu-nbd, both with TLS
 # W8 the block-device path: fio (libaio, --direct=1) on a loop device over nbdfuse over the
-#    server: 4 KiB QD32 random reads and writes, and W3's 16 synchronous writers; the raw
-#    column is the same fio job straight on the raw file
+#    server: 4 KiB QD32 random reads and writes, and W3's 16 synchronous writers; the raw and
+#    dev columns are the same fio job straight on the raw file
+# The dev column of W3-W5 is their fio job straight on the raw file (libaio or psync, O_DIRECT).
 # Then the W3 and W5 write patterns once more through qnbd with fio --verify, and qemu-img check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,18 +47,23 @@ if want W1; then for o in seq reverse rand part-rand; do
 if want W2; then for o in seq reverse rand part-rand; do
   row "W2 write 1M qd1 $o" MB/s "$dir/t-$o.qcow2" "$dir/raw-full.img" \
     --rw=write --bs=1M --iodepth=1 --size="$bytes" --time_based --runtime="$runtime"; done; fi
+# W3-W5 also run their fio job straight on the raw file (the dev column: the device's limit).
 if want W3; then
+  dev_job="--ioengine=psync --rw=randwrite --bs=4k --numjobs=16 --fsync=1 --size=$bytes --time_based --runtime=$runtime"
   row "W3 randwrite 4k 16 jobs fsync=1" IOPS @fresh @rawfresh \
     --rw=randwrite --bs=4k --iodepth=1 --numjobs=16 --fsync=1 --size="$bytes" --time_based --runtime="$runtime"
 fi
 if want W4; then
+  dev_job="--rw=randread --bs=4k --iodepth=32 --size=$bytes --time_based --runtime=$runtime"
   row "W4 randread 4k qd32" IOPS "$dir/full.qcow2" "$dir/raw-full.img" \
     --rw=randread --bs=4k --iodepth=32 --size="$bytes" --time_based --runtime="$runtime"
 fi
 if want W5; then
+  dev_job="--rw=randwrite --bs=4k --iodepth=32 --size=$bytes --time_based --runtime=$runtime"
   row "W5 randwrite 4k qd32" IOPS @fresh @rawfresh \
     --rw=randwrite --bs=4k --iodepth=32 --size="$bytes" --time_based --runtime="$runtime"
 fi
+dev_job=""
 if want W6; then
   for n in $scales; do
     row "W6 W3 at $n conns" IOPS @fresh @rawfresh \

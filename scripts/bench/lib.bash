@@ -206,7 +206,16 @@ row_blockdev() {
   f=$(image_for "$rimg")
   drop_caches
   raw=$(run_fio_dev "$unit" "$f" "$@" | cut -d' ' -f1)
-  rows+=("$name|$unit|${q[0]}|${e[0]}|$raw|${q[1]}|${e[1]}|$((q[2] / 1024))|$spb|${q[3]}")
+  rows+=("$name|$unit|${q[0]}|${e[0]}|$raw|$raw|${q[1]}|${e[1]}|$((q[2] / 1024))|$spb|${q[3]}")
+}
+
+# device UNIT RAWIMAGE FIOARGS...: the same fio job straight on the raw file (libaio, O_DIRECT;
+# a job's own --ioengine wins): the device's own limit for that job.
+device() {
+  local unit=$1 f; shift
+  f=$(image_for "$1"); shift
+  drop_caches
+  run_fio_dev "$unit" "$f" "$@" | cut -d' ' -f1
 }
 
 # syncs per barrier from qnbd's closing statistics line.
@@ -215,10 +224,11 @@ syncs_per_barrier() {
     awk '{ if ($1 > 0) printf "%.2f", $2 / $1; else printf "-" }'
 }
 
-# row NAME UNIT QCOW2IMAGE RAWIMAGE FIOARGS...: measures qnbd, qemu-nbd and the raw servers.
+# row NAME UNIT QCOW2IMAGE RAWIMAGE FIOARGS...: measures qnbd, qemu-nbd and the raw servers;
+# with dev_job set (fio arguments for the raw file), the device column too.
 row() {
   local name=$1 unit=$2 qimg=$3 rimg=$4; shift 4
-  local q e r1=0 r2=0 raw=0 spb
+  local q e r1=0 r2=0 raw=0 dev=- spb
   echo "running $name" >&2
   q=($(measure qnbd "$qimg" "$unit" "$@"))
   spb=$(syncs_per_barrier)
@@ -228,7 +238,8 @@ row() {
     command -v nbdkit >/dev/null && r2=$(measure nbdkit "$rimg" "$unit" "$@" | cut -d' ' -f1)
     raw=$((r1 > r2 ? r1 : r2))
   fi
-  rows+=("$name|$unit|${q[0]}|${e[0]}|$raw|${q[1]}|${e[1]}|$((q[2] / 1024))|$spb|${q[3]}")
+  [ -n "${dev_job:-}" ] && dev=$(device "$unit" "$rimg" $dev_job)
+  rows+=("$name|$unit|${q[0]}|${e[0]}|$raw|$dev|${q[1]}|${e[1]}|$((q[2] / 1024))|$spb|${q[3]}")
 }
 
 # verify NAME FIOARGS...: fio writes through qnbd to a fresh image with crc32c verification
@@ -248,17 +259,18 @@ verify() {
 }
 
 print_table() {
-  printf '\n%-34s %-5s %9s %9s %9s %8s %8s %9s %9s %7s %6s %6s\n' workload unit qnbd qemu-nbd raw \
-    q/qemu q/raw "cpu s/GiB" "qemu cpu" "rss MiB" "sync/b" check
+  printf '\n%-34s %-5s %9s %9s %9s %9s %8s %8s %8s %9s %9s %7s %6s %6s\n' workload unit qnbd qemu-nbd \
+    raw dev q/qemu q/raw q/dev "cpu s/GiB" "qemu cpu" "rss MiB" "sync/b" check
   local r
   for r in "${rows[@]}"; do
-    IFS='|' read -r name unit q e raw qc ec rss spb check <<<"$r"
-    printf '%-34s %-5s %9s %9s %9s %8s %8s %9s %9s %7s %6s %6s\n' "$name" "$unit" "$q" "$e" "$raw" \
-      "$(ratio "$q" "$e")" "$(ratio "$q" "$raw")" "$qc" "$ec" "$rss" "$spb" "$check"
+    IFS='|' read -r name unit q e raw dev qc ec rss spb check <<<"$r"
+    printf '%-34s %-5s %9s %9s %9s %9s %8s %8s %8s %9s %9s %7s %6s %6s\n' "$name" "$unit" "$q" "$e" \
+      "$raw" "$dev" "$(ratio "$q" "$e")" "$(ratio "$q" "$raw")" "$(ratio "$q" "$dev")" "$qc" "$ec" \
+      "$rss" "$spb" "$check"
   done
   [ ${#verifies[@]} -eq 0 ] && return
   echo
   for r in "${verifies[@]}"; do printf 'verify %-34s %s\n' "${r%%|*}" "${r#*|}"; done
 }
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "-" }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 > 0) printf "%.2f", a / b; else printf "-" }'; }

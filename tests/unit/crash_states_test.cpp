@@ -129,7 +129,7 @@ struct Run {
     std::string path = dir.file("img.qcow2");
     std::optional<FileHistory> history;
     std::optional<GuestModel> model;
-    Bytes initial;  ///< What the guest read before the run.
+    Bytes initial;    ///< What the guest read before the run.
     DiskStats stats;  ///< The engine's counters at the end of the run, before close.
 };
 
