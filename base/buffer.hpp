@@ -13,24 +13,18 @@ namespace qnbd {
 
 inline constexpr size_t kIoAlign = 4096;
 
-namespace detail {
-/// `bytes` (a multiple of kIoAlign) of kIoAlign-aligned memory, uninitialised. Sizes up to
-/// kPooledMax come from a per-thread free list, so the request path does not go through
-/// aligned_alloc (glibc's memalign splits and coalesces chunks on every call).
-std::byte* io_alloc(size_t bytes);
-/// Returns memory from io_alloc(bytes) to the calling thread's free list or to the heap.
-void io_free(std::byte* p, size_t bytes) noexcept;
-/// The largest size the free lists keep.
-inline constexpr size_t kPooledMax = size_t{1} << 20;
-}  // namespace detail
-
 /// A heap buffer aligned to kIoAlign; move-only.
 class Buffer {
   public:
     Buffer() = default;
     /// Allocates `size` bytes, zero-filled.
-    explicit Buffer(size_t size) : Buffer(uninitialized(size)) {
-        if (data_) std::memset(data_.get(), 0, rounded(size_));
+    explicit Buffer(size_t size) : size_(size) {
+        if (size == 0) return;
+        size_t alloc = (size + kIoAlign - 1) & ~(kIoAlign - 1);
+        void* p = std::aligned_alloc(kIoAlign, alloc);
+        if (!p) throw std::bad_alloc();
+        std::memset(p, 0, alloc);
+        data_.reset(static_cast<std::byte*>(p));
     }
     std::byte* data() { return data_.get(); }
     const std::byte* data() const { return data_.get(); }
@@ -41,7 +35,9 @@ class Buffer {
     static Buffer uninitialized(size_t size) {
         Buffer b;
         if (size == 0) return b;
-        b.data_ = Owned(detail::io_alloc(rounded(size)), Free{rounded(size)});
+        void* p = std::aligned_alloc(kIoAlign, (size + kIoAlign - 1) & ~(kIoAlign - 1));
+        if (!p) throw std::bad_alloc();
+        b.data_.reset(static_cast<std::byte*>(p));
         b.size_ = size;
         return b;
     }
@@ -53,15 +49,10 @@ class Buffer {
     }
 
   private:
-    static size_t rounded(size_t size) { return (size + kIoAlign - 1) & ~(kIoAlign - 1); }
     struct Free {
-        Free() noexcept : bytes(0) {}
-        explicit Free(size_t b) noexcept : bytes(b) {}
-        size_t bytes;
-        void operator()(std::byte* p) const { detail::io_free(p, bytes); }
+        void operator()(std::byte* p) const { std::free(p); }
     };
-    using Owned = std::unique_ptr<std::byte, Free>;
-    Owned data_;
+    std::unique_ptr<std::byte, Free> data_;
     size_t size_ = 0;
 };
 
