@@ -15,7 +15,8 @@
 # W8 the block-device path: fio (libaio, --direct=1) on a loop device over nbdfuse over the
 #    server: 4 KiB QD32 random reads and writes, and W3's 16 synchronous writers; the raw and
 #    dev columns are the same fio job straight on the raw file
-# The dev column of W3-W5 is their fio job straight on the raw file (libaio or psync, O_DIRECT).
+# The dev column of W3-W5 is their fio job straight on the raw file (libaio or psync, O_DIRECT);
+# W1's is a 1 MiB read at depth 1 (seq) and 64 KiB random reads at depth 16 (rand).
 # Then the W3 and W5 write patterns once more through qnbd with fio --verify, and qemu-img check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,9 +42,18 @@ prepare_images
 [ "$smoke" = 1 ] && scales="1 4" || scales="1 4 16 64"
 
 want() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }
+# W1's dev column: one 1 MiB read at a time (seq), and 16 scattered 64 KiB reads at once (rand:
+# what a 1 MiB request over 16 scattered clusters asks of the device); dev(rand)/dev(seq) is the
+# device's own rand/seq ratio.
 if want W1; then for o in seq reverse rand part-rand; do
+  case $o in
+    seq) dev_job="--rw=read --bs=1M --iodepth=1 --size=$bytes --time_based --runtime=$runtime" ;;
+    rand) dev_job="--rw=randread --bs=64k --iodepth=16 --size=$bytes --time_based --runtime=$runtime" ;;
+    *) dev_job="" ;;
+  esac
   row "W1 read 1M qd1 $o" MB/s "$dir/t-$o.qcow2" "$dir/raw-full.img" \
     --rw=read --bs=1M --iodepth=1 --size="$bytes" --time_based --runtime="$runtime"; done; fi
+dev_job=""
 if want W2; then for o in seq reverse rand part-rand; do
   row "W2 write 1M qd1 $o" MB/s "$dir/t-$o.qcow2" "$dir/raw-full.img" \
     --rw=write --bs=1M --iodepth=1 --size="$bytes" --time_based --runtime="$runtime"; done; fi

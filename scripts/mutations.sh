@@ -74,7 +74,10 @@ mutate R1-sync $F '    if (auto r = co_await write_header(); !r) co_return r;
     '    if (auto r = co_await write_header(); !r) co_return r;
     header_on_disk_dirty_ = true;' \
     "$FIRST"
-mutate R2-R4 $F '        if (w.l2_ordered) {' '        if ((false)) {' "$FIRST" "$CRASH64"
+CRASH_XL2="crash states: extended L2 entries (16 KiB clusters with 512-byte subclusters)"
+CRASH_LAZY="crash states: lazy refcounts"
+mutate R2-R4 $F '        if (w.l2_ordered) {' '        if ((false)) {' "$FIRST" "$CRASH_XL2" \
+    "crash states: data of the backing file is never replaced by zeros"
 mutate R3 $F '    if (w.refcounts.relocation) {  // R3: the whole new table durable before the header moves.
         if (auto r = co_await sync_pending(unsynced); !r) co_return r;' \
     '    if (w.refcounts.relocation) {  // R3: the whole new table durable before the header moves.' \
@@ -135,16 +138,16 @@ mutate R17 qcow2/image_corrupt.cpp '    if (data_file_ || !meta_.overlaps(host, 
 mutate R18 image/open.cpp \
     '    opts.file_opener = io::latching_opener(std::move(opts.file_opener));  // R18' '' \
     "an EIO on any sync of a barrier fails every later flush until the image is reopened"
-STEADY="steady state: one sync per allocating barrier\, the clusters counted one barrier ahead"
 mutate R22-counted qcow2/refcount_alloc.cpp '        co_return Allocation{first, n, fresh, false};' \
-    '        co_return Allocation{first, n, fresh, true};' "$FIRST" "$CRASH64"
+    '        co_return Allocation{first, n, fresh, true};' "$FIRST" "$CRASH_LAZY" "$CRASH_XL2"
 mutate R22-zeros qcow2/image_write.cpp \
     '        !reuse && target.fresh && target.durable && reads_as_zero(ci, write_context());' \
     '        !reuse && target.fresh && target.durable;' \
     "crash states: data of the backing file is never replaced by zeros"
 mutate R22-size qcow2/image_prealloc.cpp \
     '    const HostClusterIndex limit = geo_.host_cluster_of(HostOffset{reserved_end_});' \
-    '    const HostClusterIndex limit{UINT64_MAX};' "$STEADY" "$CRASH64"
+    '    const HostClusterIndex limit{UINT64_MAX};' \
+    "the clusters counted one barrier ahead lie inside the file as preallocated (R22)"
 CRASH_BITMAPS="crash states: persistent bitmaps\, enabled and disabled\, stored at close"
 mutate R19 qcow2/image_bitmaps.cpp '    co_return co_await sync_all();' '    co_return ok();' \
     "bitmaps: in_use is set and synced before any other write (R19)" "$CRASH_BITMAPS"

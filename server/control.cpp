@@ -265,6 +265,7 @@ json::value ControlServer::query_stats() const {
                                    {"flush-requests", st.flush_requests},
                                    {"barriers", st.barriers},
                                    {"fdatasyncs", st.syncs},
+                                   {"fdatasyncs-saved", st.syncs_saved},
                                    {"clusters-allocated", st.clusters_allocated},
                                    {"clusters-freed", st.clusters_freed},
                                    {"metadata-writes", st.metadata_writes},

@@ -7,6 +7,9 @@
 // with no more syncs than that order needs; the sync before the L2 tables is left out only when
 // every new reference is to a cluster whose refcount was durable before the barrier (R22). Also:
 // group commit, faults during a barrier, the dirty bit, and the refcount rebuild after a crash.
+#include <boost/asio/steady_timer.hpp>
+#include <chrono>
+
 #include "qcow2/header.hpp"
 #include "tests/unit/barrier_harness.hpp"
 
@@ -136,6 +139,31 @@ TEST_CASE("steady state: one sync per allocating barrier, the clusters counted o
     require_qemu_check_clean(s.path);
     for (int i = 0; i <= 8; ++i)
         check_qemu_pattern(s.path, uint64_t(i) * 64 * KiB, 64 * KiB, i + 1);
+}
+
+TEST_CASE("the clusters counted one barrier ahead lie inside the file as preallocated (R22)",
+          "[barrier]") {
+    Session s("", 64 * MiB);  // preallocation steps of 4 MiB: 64 clusters, fewer than asked
+    uint64_t reserved = 0, file_clusters = 0, past_end = 0;
+    s.run([&]() -> awaitable<void> {
+        auto d = co_await s.open();
+        for (int i = 0; i < 8; ++i) co_await write_ok(*d, uint64_t(i) * 64 * KiB, 64 * KiB, i + 1);
+        // The preallocation the first allocation started completes (an io_uring fallocate).
+        asio::steady_timer settle(co_await asio::this_coro::executor,
+                                  std::chrono::milliseconds(200));
+        co_await settle.async_wait(asio::use_awaitable);
+        (void)co_await flush_window(*d, *s.log, true);
+        reserved = d->stats().clusters_reserved;
+        const Bytes f = read_file(s.path);
+        file_clusters = f.size() / (64 * KiB);
+        for (uint64_t c = file_clusters; c < file_clusters + 256; ++c)
+            past_end += stored_refcount(f, c * 64 * KiB) != 0;
+        co_await close_ok(*d);
+    });
+    INFO(reserved << " clusters reserved, the file has " << file_clusters);
+    CHECK(reserved > 0);
+    CHECK(past_end == 0);  // a crash could otherwise leave L2 entries past the end of the file
+    require_qemu_check_clean(s.path);
 }
 
 TEST_CASE("overwriting in place: one sync, no metadata, the dirty bit stays clear", "[barrier]") {

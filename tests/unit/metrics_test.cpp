@@ -182,6 +182,7 @@ TEST_CASE("metrics: the registry renders requests, errors, disks and connections
     DiskStats st;
     st.barriers = 3;
     st.syncs = 5;
+    st.syncs_saved = 6;
     st.flush_requests = 4;
     st.clusters_allocated = 7;
     st.clusters_freed = 1;
@@ -223,6 +224,7 @@ TEST_CASE("metrics: the registry renders requests, errors, disks and connections
           "1");
     CHECK(s["qnbd_flush_barriers_total{" + w + "}"] == "3");
     CHECK(s["qnbd_fdatasyncs_total{" + w + "}"] == "5");
+    CHECK(s["qnbd_fdatasyncs_saved_total{" + w + "}"] == "6");
     CHECK(s["qnbd_flush_requests_total{" + w + "}"] == "4");
     CHECK(s["qnbd_clusters_allocated_total{" + w + "}"] == "7");
     CHECK(s["qnbd_clusters_freed_total{" + w + "}"] == "1");
