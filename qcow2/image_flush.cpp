@@ -126,7 +126,7 @@ awaitable<Result<void>> Qcow2Image::write_back(BarrierWrites& w) {
         // R2, R4: refcounts and data durable before L2 references them; R22: unless every new
         // reference is to a cluster counted at an earlier barrier that reads as zeros until
         // its data is durable. Then one sync covers data, refcounts and L2 together.
-        if ((false)) {
+        if (w.l2_ordered) {
             if (auto r = co_await sync_pending(unsynced); !r) co_return r;
         } else if (unsynced) {
             ++stats_.syncs_saved;
