@@ -139,7 +139,7 @@ mutate R18 image/open.cpp \
     '    opts.file_opener = io::latching_opener(std::move(opts.file_opener));  // R18' '' \
     "an EIO on any sync of a barrier fails every later flush until the image is reopened"
 mutate R22-counted qcow2/refcount_alloc.cpp '        co_return Allocation{first, n, fresh, false};' \
-    '        co_return Allocation{first, n, fresh, true};' "$FIRST" "$CRASH_LAZY" "$CRASH_XL2"
+    '        co_return Allocation{first, n, fresh, true};' "$FIRST" "$CRASH_LAZY"
 mutate R22-zeros qcow2/image_write.cpp \
     '        !reuse && target.fresh && target.durable && reads_as_zero(ci, write_context());' \
     '        !reuse && target.fresh && target.durable;' \
