@@ -54,7 +54,7 @@ struct DiskStats {
     uint64_t flush_requests = 0;      ///< flush() calls (each joins a barrier).
     uint64_t clusters_allocated = 0;  ///< Host clusters allocated.
     uint64_t clusters_freed = 0;      ///< Host clusters freed.
-    uint64_t clusters_reserved = 0;   ///< Now counted ahead of use, unreferenced (R22).
+    uint64_t clusters_reserved = 0;   ///< Now counted ahead of use, unreferenced (R22); a gauge.
     uint64_t metadata_writes = 0;     ///< L1/L2/refcount/header writes issued.
     uint64_t cache_hits = 0;          ///< Metadata cache hits.
     uint64_t cache_misses = 0;        ///< Metadata cache misses (reads from disk).

@@ -125,6 +125,12 @@ awaitable<Result<void>> Qcow2Image::clear_autoclear_bits() {
     co_return co_await sync_all();
 }
 
+DiskStats Qcow2Image::stats() const {
+    DiskStats s = stats_;
+    s.clusters_reserved = refcounts_ ? refcounts_->reserve_left() : 0;
+    return s;
+}
+
 bool Qcow2Image::quiet() const {
     return !refcounts_->has_dirty() && !refcounts_->has_pending_frees() && !l2_cache_.has_dirty() &&
            l1_dirty_.empty();

@@ -123,7 +123,7 @@ class Qcow2Image final : public Disk, public std::enable_shared_from_this<Qcow2I
     awaitable<Result<void>> flush() override;
     awaitable<Result<std::vector<Extent>>> block_status(GuestOffset off, uint64_t len) override;
     awaitable<Result<void>> close() override;
-    DiskStats stats() const override { return stats_; }
+    DiskStats stats() const override;
     const DirtyBitmap* dirty_bitmap(std::string_view name) const override;
 
     const Header& header() const { return header_; }

@@ -73,7 +73,7 @@ awaitable<Result<Allocation>> Refcounts::allocate(ClusterCount n) {
         if (reserve_left() >= n.value) {
             auto below = co_await find_free_run_below(n, res_.next);
             if (!below) co_return below.error();
-            if (*below == res_.next) co_return co_await take_reserved(n);
+            if (*below == res_.next) co_return take_reserved(n);
         } else if (reserve_left() > 0) {
             if (auto r = co_await drop_reserve_locked(); !r) co_return r.error();
         }

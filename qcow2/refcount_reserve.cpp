@@ -10,9 +10,7 @@
 namespace qnbd::qcow2 {
 
 void Refcounts::restart_reserve() {
-    const HostClusterIndex tail = std::max(end_cluster_, fresh_start_);
-    res_ = Reserve{tail, tail, tail, res_.generation + 1};
-    stats_.clusters_reserved = 0;
+    res_ = Reserve{tail(), tail(), tail(), res_.generation + 1};
 }
 
 awaitable<Result<bool>> Refcounts::reserve_one() {
@@ -29,7 +27,6 @@ awaitable<Result<bool>> Refcounts::reserve_one() {
         co_return false;
     if (auto r = co_await set(c, 1); !r) co_return r.error();
     ++res_.end;
-    stats_.clusters_reserved = reserve_left();
     co_return true;
 }
 
@@ -37,7 +34,7 @@ awaitable<Result<void>> Refcounts::top_up_reserve(HostClusterIndex limit, uint64
     AllocLock lock = co_await lock_allocator();
     if (reserve_left() == 0)
         restart_reserve();
-    else if (res_.end != std::max(end_cluster_, fresh_start_))
+    else if (res_.end != tail())
         co_return ok();  // Clusters past the reserve are in use: it grows once it is used up.
     for (int restarts = 0; reserve_left() < want && res_.end < limit;) {
         auto grown = co_await reserve_one();
@@ -54,15 +51,14 @@ void Refcounts::reserve_durable(const RefcountWrites& w) {
         res_.durable_end = std::max(res_.durable_end, w.reserve_end);
 }
 
-awaitable<Result<Allocation>> Refcounts::take_reserved(ClusterCount n) {
+Allocation Refcounts::take_reserved(ClusterCount n) {
     // Called with the allocator held and at least `n` clusters reserved.
     const HostClusterIndex first = res_.next;
     res_.next = first + n;
     fresh_start_ = std::max(fresh_start_, res_.next);
     if (cursor_ >= first) cursor_ = std::max(cursor_, res_.next);  // Handed out: not free.
     stats_.clusters_allocated += n.value;
-    stats_.clusters_reserved = reserve_left();
-    co_return Allocation{first, n, true, res_.next <= res_.durable_end};
+    return Allocation{first, n, true, res_.next <= res_.durable_end};
 }
 
 awaitable<Result<void>> Refcounts::drop_reserve() {
@@ -73,7 +69,6 @@ awaitable<Result<void>> Refcounts::drop_reserve() {
 awaitable<Result<void>> Refcounts::drop_reserve_locked() {
     const Reserve r = res_;
     res_ = Reserve{r.next, r.next, r.next, r.generation + 1};
-    stats_.clusters_reserved = 0;
     for (HostClusterIndex c = r.next; c < r.end; ++c)
         if (auto s = co_await set(c, 0); !s) co_return s;
     if (end_cluster_ == r.end) end_cluster_ = r.next;

@@ -4,6 +4,7 @@
 // are deferred until the barrier that made the removal of the reference durable (R6, R7).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <set>
@@ -170,7 +171,9 @@ class Refcounts {
         HostClusterIndex next, end, durable_end;
         uint64_t generation = 0;
     } res_;
-    awaitable<Result<Allocation>> take_reserved(ClusterCount n);
+    Allocation take_reserved(ClusterCount n);
+    /// Where a new reserve starts: past every cluster in use and every cluster ever used.
+    HostClusterIndex tail() const { return std::max(end_cluster_, fresh_start_); }
     awaitable<Result<bool>> reserve_one();
     awaitable<Result<void>> drop_reserve_locked();
     void restart_reserve();

@@ -21,24 +21,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-size=1G runtime=10 dir=/var/tmp/qnbd-bench qnbd="" only="" smoke=0
+source "$root/scripts/bench/lib.bash"
+only="" smoke=0
 while [ $# -gt 0 ]; do
+  common_option "$1" "${2:-}" && { shift 2; continue; }
   case $1 in
-    --size) size=$2; shift 2 ;;
-    --runtime) runtime=$2; shift 2 ;;
-    --dir) dir=$2; shift 2 ;;
-    --qnbd) qnbd=$2; shift 2 ;;
     --only) only=$2; shift 2 ;;
     --smoke) smoke=1; size=32M; runtime=1; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
-export PATH=/usr/bin:$PATH
-source "$root/scripts/bench/lib.bash"
-build_qnbd
-mkdir -p "$dir"
-bytes=$(to_bytes "$size")
-prepare_images
+bench_setup
 [ "$smoke" = 1 ] && scales="1 4" || scales="1 4 16 64"
 
 want() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }

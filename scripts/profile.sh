@@ -12,25 +12,18 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-size=1G runtime=10 dir=/var/tmp/qnbd-bench qnbd="" work=""
+source "$root/scripts/bench/lib.bash"
+work=""
 while [ $# -gt 0 ]; do
+  common_option "$1" "${2:-}" && { shift 2; continue; }
   case $1 in
-    --size) size=$2; shift 2 ;;
-    --runtime) runtime=$2; shift 2 ;;
-    --dir) dir=$2; shift 2 ;;
-    --qnbd) qnbd=$2; shift 2 ;;
     W3|W4|W5) work=$1; shift ;;
     *) echo "usage: scripts/profile.sh [--size S] [--runtime N] [--dir D] [--qnbd PATH] W3|W4|W5" >&2; exit 2 ;;
   esac
 done
 [ -n "$work" ] || { echo "profile.sh: name a workload (W3, W4 or W5)" >&2; exit 2; }
-export PATH=/usr/bin:$PATH
 command -v perf >/dev/null || { echo "profile.sh: perf is not installed (linux-perf)" >&2; exit 1; }
-source "$root/scripts/bench/lib.bash"
-build_qnbd
-mkdir -p "$dir"
-bytes=$(to_bytes "$size")
-prepare_images
+bench_setup
 case $work in
   W4) img=$dir/full.qcow2 args=(--rw=randread --bs=4k --iodepth=32) ;;
   W5) img=$(image_for @fresh) args=(--rw=randwrite --bs=4k --iodepth=32) ;;

@@ -9,23 +9,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-size=1G runtime=10 rounds=2 dir=/var/tmp/qnbd-bench qnbd=""
+source "$root/scripts/bench/lib.bash"
+rounds=2
 while [ $# -gt 0 ]; do
+  common_option "$1" "${2:-}" && { shift 2; continue; }
   case $1 in
-    --size) size=$2; shift 2 ;;
-    --runtime) runtime=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
-    --dir) dir=$2; shift 2 ;;
-    --qnbd) qnbd=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
-export PATH=/usr/bin:$PATH
-source "$root/scripts/bench/lib.bash"
-build_qnbd
-mkdir -p "$dir"
-bytes=$(to_bytes "$size")
-prepare_images
+bench_setup
 [ -f "$dir/full2.qcow2" ] || cp "$dir/full.qcow2" "$dir/full2.qcow2"
 
 # image WORKLOAD N: the image server N (1 or 2) serves.
@@ -39,25 +32,21 @@ image() {
 
 # run WORKLOAD SERVERS: prints "iops server_us_per_request fio_cpu_percent".
 run() {
-  local w=$1 servers=$2 pids=() ports=() i cpu=0 uris=() tck
-  tck=$(getconf CLK_TCK)
+  local w=$1 servers=$2 pids=() ports=() i cpu=0
   drop_caches
   for i in $(seq "$servers"); do
-    port=$((port + 1))
-    "$qnbd" -t -e 0 --cache=none -p "$port" "$(image "$w" "$i")" 2>"$dir/scale-qnbd-$i.log" &
-    pids+=($!) ports+=("$port")
-    wait_port "$port" "${pids[-1]}" || { echo "qnbd did not start" >&2; exit 1; }
+    start_server qnbd "$(image "$w" "$i")"
+    pids+=("$srv_pid") ports+=("$srv_port")
   done
   # Two jobs at depth 16: both on server 1, or one on each server.
-  uris=("nbd://127.0.0.1:${ports[0]}" "nbd://127.0.0.1:${ports[$((servers - 1))]}")
   fio --ioengine=nbd --rw="rand$w" --bs=4k --iodepth=16 --size="$bytes" --time_based \
       --runtime="$runtime" --group_reporting --output-format=json --output="$dir/scale.json" \
-      --name=a --uri="${uris[0]}" --name=b --uri="${uris[1]}" >/dev/null 2>"$dir/fio.err" ||
-    { cat "$dir/fio.err" >&2; exit 1; }
+      --name=a --uri="$(nbd_uri "${ports[0]}")" --name=b --uri="$(nbd_uri "${ports[-1]}")" \
+      >/dev/null 2>"$dir/fio.err" || { cat "$dir/fio.err" >&2; exit 1; }
   for i in "${!pids[@]}"; do
-    cpu=$(awk -v c="$cpu" -v t="$tck" '{printf "%.2f", c + ($14 + $15) / t}' "/proc/${pids[$i]}/stat")
-    kill -TERM "${pids[$i]}"
-    wait "${pids[$i]}" 2>/dev/null || true
+    srv_pid=${pids[$i]}
+    stop_server
+    cpu=$(awk -v c="$cpu" -v s="$srv_cpu" 'BEGIN { printf "%.2f", c + s }')
   done
   python3 - "$dir/scale.json" "$cpu" <<'PY'
 import json, sys

@@ -5,6 +5,30 @@ rows=()
 verifies=()
 port=$((20000 + RANDOM % 20000))
 
+size=1G runtime=10 dir=/var/tmp/qnbd-bench qnbd=""
+
+# common_option NAME VALUE: takes one of the options every bench script has (--size, --runtime,
+# --dir, --qnbd; defaults above); fails for any other NAME, which the script handles itself.
+common_option() {
+  case $1 in
+    --size) size=$2 ;;
+    --runtime) runtime=$2 ;;
+    --dir) dir=$2 ;;
+    --qnbd) qnbd=$2 ;;
+    *) return 1 ;;
+  esac
+}
+
+# bench_setup: after the options: the Release qnbd (built unless --qnbd), the directory, the
+# size in bytes, and the images.
+bench_setup() {
+  export PATH=/usr/bin:$PATH
+  build_qnbd
+  mkdir -p "$dir"
+  bytes=$(to_bytes "$size")
+  prepare_images
+}
+
 to_bytes() {
   local s=$1 n=${1%[KkMmGgTt]}
   case ${s: -1} in
