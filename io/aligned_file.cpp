@@ -300,7 +300,7 @@ class AlignedFile final : public File {
     /// Reads aligned blocks from the file below. UringFile stops at a short read (the end of
     /// the file), so it never goes on at the unaligned offset after it.
     awaitable<Result<size_t>> read_inner(uint64_t off, std::span<const iovec> iov) {
-        co_return co_await inner_->readv(HostOffset{off}, iov);
+        return inner_->readv(HostOffset{off}, iov);
     }
 
     /// Ends a write's claim: records its end if it succeeded (`end` 0 for none), then trims.

@@ -18,7 +18,8 @@ awaitable<Result<size_t>> File::read(HostOffset off, std::span<std::byte> buf) {
 }
 
 awaitable<Result<void>> File::read_zero_padded(HostOffset off, std::span<std::byte> buf) {
-    auto n = co_await read(off, buf);
+    iovec v{buf.data(), buf.size()};
+    auto n = co_await readv(off, std::span<const iovec>(&v, 1));
     if (!n) co_return n.error();
     if (*n < buf.size()) std::memset(buf.data() + *n, 0, buf.size() - *n);
     co_return ok();

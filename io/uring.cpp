@@ -48,7 +48,8 @@ io_uring_sqe* Ring::next_sqe(const asio::any_io_executor& ex) {
 }
 
 void Ring::cancelled(const asio::any_io_executor& ex, std::unique_ptr<Op> op) {
-    asio::post(ex, [h = std::move(op->handler)]() mutable { std::move(h)(-ECANCELED); });
+    // Owned by the posted function until it runs: dropped with it if it never does.
+    asio::post(ex, [op = std::move(op)]() mutable { op.release()->complete(-ECANCELED); });
 }
 
 void Ring::schedule_submit(const asio::any_io_executor& ex) {
@@ -105,9 +106,7 @@ void Ring::drain() {
         io_uring_cqe_seen(&ring_, cqe);
         if (!op) continue;
         --in_flight_;
-        auto handler = std::move(op->handler);
-        delete op;
-        std::move(handler)(res);
+        op->complete(res);
     }
     draining_ = false;
     // Nothing left in flight: a wait that is still pending (armed by an operation whose

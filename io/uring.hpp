@@ -5,7 +5,6 @@
 
 #include <liburing.h>
 
-#include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/awaitable.hpp>
@@ -13,6 +12,7 @@
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <deque>
+#include <memory>
 #include <optional>
 #include <utility>
 
@@ -34,21 +34,35 @@ class Ring : public asio::execution_context::service {
     static Ring& of(const asio::any_io_executor& ex);
 
     /// Runs one operation: `prep` fills the SQE (without user data); the result is the CQE's
-    /// res: a byte count or 0 on success, -errno on failure.
+    /// res: a byte count or 0 on success, -errno on failure. Not a coroutine itself: the one
+    /// frame of the operation is the initiation's, which owns `prep` until the SQE is filled.
     template <class Prep>
     awaitable<int> run(asio::any_io_executor ex, Prep prep) {
-        co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(int)>(
-            [this, ex, prep = std::move(prep)](auto handler) mutable {
-                this->start(ex, std::make_unique<Op>(std::move(handler)), prep);
+        return asio::async_initiate<decltype(asio::use_awaitable), void(int)>(
+            [this, ex = std::move(ex), prep = std::move(prep)](auto handler) mutable {
+                using H = decltype(handler);
+                this->start(ex, std::unique_ptr<Op>(new OpFor<H>(std::move(handler))), prep);
             },
             asio::use_awaitable);
     }
 
   private:
-    /// One submitted operation: its completion handler, resumed with the CQE's result.
+    /// One submitted operation, resumed with the CQE's result.
     struct Op {
-        explicit Op(asio::any_completion_handler<void(int)> h) : handler(std::move(h)) {}
-        asio::any_completion_handler<void(int)> handler;
+        virtual ~Op() = default;
+        /// Consumes the operation (deletes it) and runs its handler with `res`.
+        virtual void complete(int res) = 0;
+    };
+    /// An operation holding its handler in place: one allocation per operation.
+    template <class Handler>
+    struct OpFor final : Op {
+        explicit OpFor(Handler h) : handler(std::move(h)) {}
+        void complete(int res) override {
+            Handler h = std::move(handler);
+            delete this;
+            std::move(h)(res);
+        }
+        Handler handler;
     };
 
     template <class Prep>

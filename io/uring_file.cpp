@@ -53,7 +53,7 @@ class UringFile final : public File {
     ~UringFile() override { ::close(fd_); }
 
     awaitable<Result<size_t>> readv(HostOffset off, std::span<const iovec> iov) override {
-        co_return co_await transfer_all(false, off.value, iov);
+        return transfer_all(false, off.value, iov);
     }
 
     awaitable<Result<void>> writev(HostOffset off, std::span<const iovec> iov) override {
@@ -142,18 +142,19 @@ class UringFile final : public File {
         co_return done;
     }
 
-    /// One read or write of `iov` (at most IOV_MAX entries) at `at`; the CQE result.
+    /// One read or write of `iov` (at most IOV_MAX entries) at `at`; the CQE result. Not a
+    /// coroutine: what the SQE needs is captured by value (the list itself stays the caller's).
     awaitable<int> transfer(bool write, uint64_t at, std::span<const iovec> iov) {
-        co_return co_await ring_.run(ex_, [&](io_uring_sqe* sqe) {
+        return ring_.run(ex_, [fd = fd_, write, at, iov](io_uring_sqe* sqe) {
             const unsigned n = static_cast<unsigned>(iov.size());
             if (n == 1 && write)
-                io_uring_prep_write(sqe, fd_, iov[0].iov_base, iov[0].iov_len, at);
+                io_uring_prep_write(sqe, fd, iov[0].iov_base, iov[0].iov_len, at);
             else if (n == 1)
-                io_uring_prep_read(sqe, fd_, iov[0].iov_base, iov[0].iov_len, at);
+                io_uring_prep_read(sqe, fd, iov[0].iov_base, iov[0].iov_len, at);
             else if (write)
-                io_uring_prep_writev(sqe, fd_, iov.data(), n, at);
+                io_uring_prep_writev(sqe, fd, iov.data(), n, at);
             else
-                io_uring_prep_readv(sqe, fd_, iov.data(), n, at);
+                io_uring_prep_readv(sqe, fd, iov.data(), n, at);
         });
     }
 

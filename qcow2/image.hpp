@@ -138,12 +138,24 @@ class Qcow2Image final : public Disk, public std::enable_shared_from_this<Qcow2I
     // Mapping (image_map.cpp).
     awaitable<Result<CacheRef>> l2_table(ClusterIndex c, bool allocate);
     awaitable<Result<CacheRef>> new_l2_table(ClusterIndex c);
+    /// l2_table(c, false) without a coroutine frame when it can: the table (null for none)
+    /// when no read is needed, nullopt when the table must be read from the file first.
+    std::optional<CacheRef> l2_table_cached(ClusterIndex c);
     awaitable<Result<ClusterInfo>> lookup(ClusterIndex c);
     /// The entry of `c` in `table`, refused as corrupt where it points past the file's end.
     Result<ClusterInfo> decode_checked(const CacheRef& table, ClusterIndex c) const;
+    /// The plan of [off, off + len), reading the L2 tables the cache lacks.
     awaitable<Result<std::vector<Segment>>> map_range(GuestOffset off, uint64_t len);
-    awaitable<Result<void>> map_cluster(const CacheRef& table, ClusterIndex c, GuestOffset& pos,
-                                        GuestOffset end, std::vector<Segment>& segs);
+    /// map_range from cached tables only (no coroutine frame); nullopt when a table is missing.
+    std::optional<Result<std::vector<Segment>>> map_range_cached(GuestOffset off, uint64_t len);
+    /// Maps from `pos` as far as the cached tables reach (at most to `end`), advancing `pos`.
+    Result<void> map_cached(GuestOffset& pos, GuestOffset end, std::vector<Segment>& segs);
+    /// Maps from `pos` to the end of `table`'s range (at most to `end`); a null table is an
+    /// unallocated range.
+    Result<void> map_table(const CacheRef& table, GuestOffset& pos, GuestOffset end,
+                           std::vector<Segment>& segs);
+    Result<void> map_cluster(const CacheRef& table, ClusterIndex c, GuestOffset& pos,
+                             GuestOffset end, std::vector<Segment>& segs);
     std::pair<uint64_t, uint64_t> l2_slot(const CacheRef& t, ClusterIndex c) const;
     void set_l2_slot(const CacheRef& t, ClusterIndex c, uint64_t entry, uint64_t bitmap);
 

@@ -99,9 +99,22 @@ Result<ClusterInfo> Qcow2Image::decode_checked(const CacheRef& table, ClusterInd
     return ci;
 }
 
+std::optional<CacheRef> Qcow2Image::l2_table_cached(ClusterIndex c) {
+    const uint64_t l1i = geo_.l1_index(c);
+    if (l1i >= l1_.size()) return CacheRef{};
+    const uint64_t entry = l1_[l1i];
+    if ((entry & kOffsetMask) == 0) return CacheRef{};
+    if (CacheRef t = l2_cache_.find(HostOffset{entry & kOffsetMask})) return t;
+    return std::nullopt;
+}
+
 awaitable<Result<ClusterInfo>> Qcow2Image::lookup(ClusterIndex c) {
-    auto t = co_await l2_table(c, false);
-    if (!t) co_return t.error();
+    std::optional<CacheRef> t = l2_table_cached(c);
+    if (!t) {
+        auto loaded = co_await l2_table(c, false);
+        if (!loaded) co_return loaded.error();
+        t = std::move(*loaded);
+    }
     if (!*t) co_return ClusterInfo{};
     co_return decode_checked(*t, c);
 }
@@ -109,37 +122,59 @@ awaitable<Result<ClusterInfo>> Qcow2Image::lookup(ClusterIndex c) {
 awaitable<Result<std::vector<Segment>>> Qcow2Image::map_range(GuestOffset off, uint64_t len) {
     std::vector<Segment> segs;
     const GuestOffset end = off + len;
-    CacheRef table;
-    uint64_t table_l1 = ~uint64_t{0};
     for (GuestOffset pos = off; pos < end;) {
-        const ClusterIndex c = geo_.cluster_of(pos);
-        const uint64_t l1i = geo_.l1_index(c);
-        if (l1i != table_l1) {
-            auto t = co_await l2_table(c, false);
-            if (!t) co_return t.error();
-            table = std::move(*t);
-            table_l1 = l1i;
-        }
-        if (table) {
-            if (auto r = co_await map_cluster(table, c, pos, end, segs); !r) co_return r.error();
-            continue;
-        }
-        // No L2 table: the whole rest of its range is unallocated in this layer.
-        const GuestOffset range_end =
-            std::min(end, GuestOffset{(l1i + 1) * geo_.l2_entries() << geo_.cluster_bits});
-        Plan p =
-            fmt_.data_file_raw ? Plan{PlanData{HostOffset{pos.value}}} : Plan{PlanUnallocated{}};
-        append(segs, pos, range_end - pos, p);
-        pos = range_end;
+        if (auto r = map_cached(pos, end, segs); !r) co_return r.error();
+        if (pos >= end) break;
+        // The table of `pos` is not cached: read it and map its range from what was read (the
+        // cache may evict it again before the next lookup).
+        auto t = co_await l2_table(geo_.cluster_of(pos), false);
+        if (!t) co_return t.error();
+        if (auto r = map_table(*t, pos, end, segs); !r) co_return r.error();
     }
     co_return segs;
 }
 
-awaitable<Result<void>> Qcow2Image::map_cluster(const CacheRef& table, ClusterIndex c,
-                                                GuestOffset& pos, GuestOffset end,
-                                                std::vector<Segment>& segs) {
+std::optional<Result<std::vector<Segment>>> Qcow2Image::map_range_cached(GuestOffset off,
+                                                                         uint64_t len) {
+    std::vector<Segment> segs;
+    GuestOffset pos = off;
+    if (auto r = map_cached(pos, off + len, segs); !r)
+        return Result<std::vector<Segment>>(r.error());
+    if (pos < off + len) return std::nullopt;
+    return Result<std::vector<Segment>>(std::move(segs));
+}
+
+Result<void> Qcow2Image::map_cached(GuestOffset& pos, GuestOffset end, std::vector<Segment>& segs) {
+    while (pos < end) {
+        std::optional<CacheRef> t = l2_table_cached(geo_.cluster_of(pos));
+        if (!t) return ok();
+        if (auto r = map_table(*t, pos, end, segs); !r) return r;
+    }
+    return ok();
+}
+
+Result<void> Qcow2Image::map_table(const CacheRef& table, GuestOffset& pos, GuestOffset end,
+                                   std::vector<Segment>& segs) {
+    const uint64_t l1i = geo_.l1_index(geo_.cluster_of(pos));
+    const GuestOffset range_end =
+        std::min(end, GuestOffset{(l1i + 1) * geo_.l2_entries() << geo_.cluster_bits});
+    if (!table) {
+        // No L2 table: the whole rest of its range is unallocated in this layer.
+        Plan p =
+            fmt_.data_file_raw ? Plan{PlanData{HostOffset{pos.value}}} : Plan{PlanUnallocated{}};
+        append(segs, pos, range_end - pos, p);
+        pos = range_end;
+        return ok();
+    }
+    while (pos < range_end)
+        if (auto r = map_cluster(table, geo_.cluster_of(pos), pos, range_end, segs); !r) return r;
+    return ok();
+}
+
+Result<void> Qcow2Image::map_cluster(const CacheRef& table, ClusterIndex c, GuestOffset& pos,
+                                     GuestOffset end, std::vector<Segment>& segs) {
     auto ci = decode_checked(table, c);
-    if (!ci) co_return ci.error();
+    if (!ci) return ci.error();
     const GuestOffset cstart = geo_.start_of(c);
     const uint64_t sc_size = geo_.subcluster_size();
     const GuestOffset cend = std::min(end, cstart + geo_.cluster_size());
@@ -151,7 +186,7 @@ awaitable<Result<void>> Qcow2Image::map_cluster(const CacheRef& table, ClusterIn
         append(segs, pos, sc_end - pos, p);
         pos = sc_end;
     }
-    co_return ok();
+    return ok();
 }
 
 }  // namespace qnbd::qcow2

@@ -12,7 +12,9 @@ awaitable<Result<void>> Qcow2Image::read(GuestOffset off, std::span<std::byte> b
         co_return Error{EINVAL, "read beyond the end of the disk"};
     if (buf.empty()) co_return ok();
     IoGuard guard(*this);
-    auto segs = co_await map_range(off, buf.size());
+    auto cached = map_range_cached(off, buf.size());
+    if (!cached) cached = co_await map_range(off, buf.size());
+    auto& segs = *cached;
     if (!segs) co_return segs.error();
     std::optional<JoinSet> join;
     std::optional<Segment> single;
@@ -37,7 +39,12 @@ awaitable<Result<void>> Qcow2Image::read(GuestOffset off, std::span<std::byte> b
         if (!join) join.emplace(ex_);
         join->spawn(read_segment(seg, out));
     }
-    if (single) co_return co_await read_segment(*single, buf);
+    if (single) {
+        // One plain data segment (most small reads): straight to the file, one frame fewer.
+        if (auto* d = std::get_if<PlanData>(&single->plan))
+            co_return co_await data_io().read_zero_padded(d->host, buf);
+        co_return co_await read_segment(*single, buf);
+    }
     for (auto& run : host_runs(data)) {
         if (!join) join.emplace(ex_);
         join->spawn(read_run(data_io(), std::move(run)));

@@ -4,7 +4,16 @@
 
 namespace qnbd::qcow2 {
 
+CacheRef MetadataCache::find(HostOffset off) {
+    auto it = map_.find(off);
+    if (it == map_.end() || it->second->loading || it->second->load_error) return nullptr;
+    ++stats_.cache_hits;
+    touch(*it->second);
+    return it->second;
+}
+
 awaitable<Result<CacheRef>> MetadataCache::get(HostOffset off) {
+    if (CacheRef e = find(off)) co_return e;
     if (auto it = map_.find(off); it != map_.end()) {
         CacheRef e = it->second;
         while (e->loading) co_await e->loaded.wait();

@@ -44,6 +44,9 @@ class MetadataCache {
 
     /// The cluster at `off`, read from the file on a miss; concurrent misses share one read.
     awaitable<Result<CacheRef>> get(HostOffset off);
+    /// The cluster at `off` if it is cached and loaded (a hit, as get() counts it), else null:
+    /// the lookup that needs no coroutine frame; the caller falls back to get().
+    CacheRef find(HostOffset off);
     /// A new zero-filled dirty entry for a freshly allocated cluster (nothing is read).
     CacheRef create(HostOffset off);
     /// Marks an entry as modified.

@@ -42,6 +42,9 @@ class ReceiveBuffer {
   public:
     /// Fills `out` from buffered bytes first, then from `t`; large remainders bypass the buffer.
     awaitable<error_code> read(Transport& t, std::span<std::byte> out);
+    /// Fills `out` from buffered bytes if there are enough (no coroutine frame); false leaves
+    /// everything buffered for read().
+    bool take(std::span<std::byte> out);
 
   private:
     static constexpr size_t kSize = 64 * 1024;
@@ -106,6 +109,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
     ConnectionLog log_;                          ///< Warnings this client causes, rate limited.
     ReceiveBuffer rx_;                           ///< Transmission-phase input.
     std::vector<QueuedReply*> replies_;          ///< Replies waiting for the writer, in order.
+    std::vector<QueuedReply*> round_;            ///< The replies the writer is sending.
+    std::vector<asio::const_buffer> gather_;     ///< Their buffers, in order.
     bool writing_ = false;                       ///< A send() is writing replies out.
     std::optional<Negotiated> neg_;
     size_t in_flight_ = 0;

@@ -58,6 +58,13 @@ void Connection::shutdown() {
     });
 }
 
+bool ReceiveBuffer::take(std::span<std::byte> out) {
+    if (end_ - begin_ < out.size()) return false;
+    std::memcpy(out.data(), buf_.data() + begin_, out.size());
+    begin_ += out.size();
+    return true;
+}
+
 awaitable<error_code> ReceiveBuffer::read(Transport& t, std::span<std::byte> out) {
     for (;;) {
         const size_t n = std::min(out.size(), end_ - begin_);
@@ -87,18 +94,19 @@ awaitable<error_code> Connection::send(std::span<const asio::const_buffer> bufs)
         co_return me.ec;
     }
     writing_ = true;
-    std::vector<asio::const_buffer> gather;
     while (!replies_.empty()) {
-        auto round = std::exchange(replies_, {});
-        gather.clear();
-        for (QueuedReply* q : round) gather.insert(gather.end(), q->bufs.begin(), q->bufs.end());
+        // The two vectors trade places each round and keep their capacity: no allocation.
+        round_.clear();
+        std::swap(round_, replies_);
+        gather_.clear();
+        for (QueuedReply* q : round_) gather_.insert(gather_.end(), q->bufs.begin(), q->bufs.end());
         error_code ec =
-            broken_ ? error_code(asio::error::broken_pipe) : co_await transport_->write(gather);
+            broken_ ? error_code(asio::error::broken_pipe) : co_await transport_->write(gather_);
         if (ec && !broken_) {
             broken_ = true;
             transport_->close();
         }
-        for (QueuedReply* q : round) {
+        for (QueuedReply* q : round_) {
             q->ec = ec;
             if (q != &me)
                 asio::post(ex_, [h = std::move(*q->written)]() mutable { std::move(h)(); });
@@ -121,7 +129,9 @@ static uint64_t request_bytes(const Request& r) {
 
 awaitable<bool> Connection::read_request(Session& s, bool& stop) {
     std::array<std::byte, kRequestHeaderSize> hb;
-    if (auto ec = co_await rx_.read(*transport_, hb); ec) {
+    error_code ec;
+    if (!rx_.take(hb)) ec = co_await rx_.read(*transport_, hb);
+    if (ec) {
         if (ec != asio::error::eof && !broken_ && !closing_)
             log(spdlog::level::warn, "read failed: {}", ec.message());
         co_return false;

@@ -61,8 +61,9 @@ class SocketTransport final : public Transport {
         co_return std::pair{ec, n};
     }
     awaitable<error_code> write(std::span<const asio::const_buffer> bufs) override {
-        std::vector<asio::const_buffer> v(bufs.begin(), bufs.end());
-        auto [ec, n] = co_await asio::async_write(socket_, v, asio::as_tuple(asio::use_awaitable));
+        // The caller's list stays put until the write completes: no copy.
+        auto [ec, n] =
+            co_await asio::async_write(socket_, bufs, asio::as_tuple(asio::use_awaitable));
         co_return ec;
     }
     void shutdown_read() override {
