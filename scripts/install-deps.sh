@@ -9,6 +9,8 @@ pkgs=(
   clang-14 libclang-rt-14-dev
   libboost1.81-dev liburing-dev libspdlog-dev libfmt-dev libcli11-dev catch2
   libnbd-dev zlib1g-dev libzstd-dev libsystemd-dev libgnutls28-dev
+  # tcmalloc_minimal, qnbd's allocator outside the sanitizer builds.
+  libgoogle-perftools-dev
   # TLS test credentials (certtool, psktool).
   gnutls-bin
   qemu-utils libnbd-bin python3-libnbd fio nbdkit
