@@ -4,10 +4,12 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <cstdio>
 #include <optional>
 
 #include "qcow2/create.hpp"
+#include "server/allocator.hpp"
 #include "server/attach.hpp"
 #include "server/cli.hpp"
 #include "server/daemon.hpp"
@@ -87,10 +89,17 @@ int run_server(const Config& cfg) {
     }
     asio::io_context io(1);
     int rc = 1;
-    asio::co_spawn(io, serve(io, cfg, *daemon, *listener), [&rc](std::exception_ptr e, int r) {
+    bool serving = true;
+    asio::steady_timer trim(io);
+    asio::co_spawn(io, serve(io, cfg, *daemon, *listener), [&](std::exception_ptr e, int r) {
         rc = e ? 1 : r;
         if (e) spdlog::critical("internal error: {}; exiting", exception_message(e));
+        serving = false;
+        trim.cancel();
     });
+    if (allocator_keeps_free_memory())
+        asio::co_spawn(io, return_free_memory_while(trim, serving),
+                       log_if_thrown("returning free memory"));
     run_reactor(io);
     return rc;
 }
