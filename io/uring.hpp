@@ -32,10 +32,6 @@ class Ring : public asio::execution_context::service {
 
     /// The ring of `ex`'s execution context, created on first use.
     static Ring& of(const asio::any_io_executor& ex);
-    /// Hands the queued submissions to the kernel now rather than at the end of the reactor
-    /// pass: before closing a descriptor that queued SQEs name by number, so that they reach
-    /// the file they were meant for (the kernel holds it from then on), not a reused number.
-    void submit_now() { submit(); }
 
     /// Runs one operation: `prep` fills the SQE (without user data); the result is the CQE's
     /// res: a byte count or 0 on success, -errno on failure. Not a coroutine itself: the one

@@ -3,15 +3,17 @@
 // (server/tls.hpp), and nothing above it changes.
 #pragma once
 
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/buffer.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/system/error_code.hpp>
 #include <span>
 #include <string>
 #include <utility>
 #include <vector>
-
-#include "server/ring_stream.hpp"
 
 namespace qnbd::server {
 
@@ -41,42 +43,42 @@ class Transport {
     virtual const std::string& peer() const = 0;
 };
 
-/// Transport over a connected Asio stream socket (TCP or unix). The socket's receives and
-/// sends run through the reactor's io_uring (RingStream); Asio owns the descriptor and its
-/// shutdown and close.
+/// Transport over a connected Asio stream socket (TCP or unix).
 template <class Socket>
 class SocketTransport final : public Transport {
   public:
     SocketTransport(Socket socket, std::string peer)
-        : socket_(std::move(socket)),
-          stream_(socket_.get_executor(), socket_.native_handle()),
-          peer_(std::move(peer)) {}
-    ~SocketTransport() override { stream_.detach(); }
+        : socket_(std::move(socket)), peer_(std::move(peer)) {}
 
-    // The stream's awaitables are returned as they are: no frame of this layer's own.
-    awaitable<error_code> read(std::span<std::byte> buf) override { return stream_.read(buf); }
+    awaitable<error_code> read(std::span<std::byte> buf) override {
+        auto [ec, n] = co_await asio::async_read(socket_, asio::buffer(buf.data(), buf.size()),
+                                                 asio::as_tuple(asio::use_awaitable));
+        co_return ec;
+    }
     awaitable<std::pair<error_code, size_t>> read_some(std::span<std::byte> buf) override {
-        return stream_.read_some(buf);
+        auto [ec, n] = co_await socket_.async_read_some(asio::buffer(buf.data(), buf.size()),
+                                                        asio::as_tuple(asio::use_awaitable));
+        co_return std::pair{ec, n};
     }
     awaitable<error_code> write(std::span<const asio::const_buffer> bufs) override {
-        return stream_.write(bufs);
+        // The caller's list stays put until the write completes: no copy.
+        auto [ec, n] =
+            co_await asio::async_write(socket_, bufs, asio::as_tuple(asio::use_awaitable));
+        co_return ec;
     }
     void shutdown_read() override {
-        // A pending receive ends with eof: the shutdown wakes it in the kernel.
         error_code ec;
         socket_.shutdown(Socket::shutdown_receive, ec);
     }
     void close() override {
         error_code ec;
         socket_.shutdown(Socket::shutdown_both, ec);
-        stream_.detach();
         socket_.close(ec);
     }
     const std::string& peer() const override { return peer_; }
 
   private:
     Socket socket_;
-    RingStream stream_;
     std::string peer_;
 };
 
