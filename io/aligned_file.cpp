@@ -130,6 +130,15 @@ class BlockLocks {
         co_return std::move(g);
     }
 
+    /// lock(first, end, false) without a coroutine frame where it need not wait: no exclusive
+    /// claim is waiting or running. nullopt otherwise (then lock() waits its turn).
+    std::optional<Guard> try_lock_shared(uint64_t first, uint64_t end) {
+        if (s_->exclusive) return std::nullopt;
+        Guard g(s_, s_->claims.emplace(s_->claims.end(), first, end, false));
+        g.handle()->running = true;
+        return std::optional<Guard>(std::move(g));
+    }
+
     /// True when a running claim reaches past block `block` (it may still extend the file).
     bool running_past(uint64_t block) const {
         return std::any_of(s_->claims.begin(), s_->claims.end(),
@@ -183,7 +192,9 @@ class AlignedFile final : public File {
         const size_t len = total(iov);
         if (len == 0) co_return co_await inner_->writev(off, iov);
         if (!aligned(off.value) || !aligned(len)) co_return co_await rmw_write(off.value, iov, len);
-        auto claim = co_await locks_.lock(off.value / align_, (off.value + len) / align_, false);
+        const uint64_t first = off.value / align_, end = (off.value + len) / align_;
+        std::optional<BlockLocks::Guard> claim = locks_.try_lock_shared(first, end);
+        if (!claim) claim.emplace(co_await locks_.lock(first, end, false));
         Result<void> r;
         if (aligned_iov(iov)) {
             r = co_await inner_->writev(off, iov);
@@ -192,7 +203,7 @@ class AlignedFile final : public File {
             gather(iov, b.data(), len);
             r = co_await inner_->write(off, b.span());
         }
-        co_return finish(claim, std::move(r), off.value + len);
+        co_return finish(*claim, std::move(r), off.value + len);
     }
 
     awaitable<Result<void>> fallocate(Fallocate mode, HostOffset off, uint64_t len) override {

@@ -48,13 +48,33 @@ awaitable<Result<void>> write_run(io::File& f, std::vector<HostPiece> run) {
     co_return co_await f.writev(run[0].host, iov);
 }
 
-awaitable<Result<void>> run_all(asio::any_io_executor ex,
-                                std::vector<awaitable<Result<void>>> tasks) {
+namespace {
+
+awaitable<Result<void>> join_all(asio::any_io_executor ex,
+                                 std::vector<awaitable<Result<void>>> tasks) {
     if (tasks.empty()) co_return ok();
-    if (tasks.size() == 1) co_return co_await std::move(tasks[0]);
     JoinSet join(ex);
     for (auto& t : tasks) join.spawn(std::move(t));
     co_return co_await join.wait();
+}
+
+awaitable<Result<void>> zero_padded_slow(asio::any_io_executor ex, io::File& f, HostOffset host,
+                                         uint64_t begin, uint64_t end, uint64_t start,
+                                         std::span<const std::byte> data) {
+    std::vector<awaitable<Result<void>>> tasks;
+    tasks.push_back(f.write(host + start, data));
+    const uint64_t data_end = start + data.size();
+    if (start > begin) tasks.push_back(zero_range(f, host + begin, start - begin));
+    if (end > data_end) tasks.push_back(zero_range(f, host + data_end, end - data_end));
+    co_return co_await run_all(ex, std::move(tasks));
+}
+
+}  // namespace
+
+awaitable<Result<void>> run_all(asio::any_io_executor ex,
+                                std::vector<awaitable<Result<void>>> tasks) {
+    if (tasks.size() == 1) return std::move(tasks[0]);  // Inline: no frame of its own.
+    return join_all(std::move(ex), std::move(tasks));
 }
 
 awaitable<Result<void>> zero_range(io::File& f, HostOffset off, uint64_t len) {
@@ -67,12 +87,8 @@ awaitable<Result<void>> zero_range(io::File& f, HostOffset off, uint64_t len) {
 awaitable<Result<void>> write_zero_padded(asio::any_io_executor ex, io::File& f, HostOffset host,
                                           uint64_t begin, uint64_t end, uint64_t start,
                                           std::span<const std::byte> data, bool fresh) {
-    std::vector<awaitable<Result<void>>> tasks;
-    tasks.push_back(f.write(host + start, data));
-    const uint64_t data_end = start + data.size();
-    if (!fresh && start > begin) tasks.push_back(zero_range(f, host + begin, start - begin));
-    if (!fresh && end > data_end) tasks.push_back(zero_range(f, host + data_end, end - data_end));
-    co_return co_await run_all(ex, std::move(tasks));
+    if (fresh || (start <= begin && start + data.size() >= end)) return f.write(host + start, data);
+    return zero_padded_slow(std::move(ex), f, host, begin, end, start, data);
 }
 
 }  // namespace qnbd::qcow2

@@ -38,12 +38,19 @@ ClusterLock::~ClusterLock() {
     if (img_) img_->unlock_cluster(c_);
 }
 
+std::optional<ClusterLock> Qcow2Image::try_lock_cluster(ClusterIndex c) {
+    if (!busy_.try_emplace(c).second) return std::nullopt;
+    return ClusterLock(*this, c);
+}
+
 awaitable<ClusterLock> Qcow2Image::lock_cluster(ClusterIndex c) {
     for (auto it = busy_.find(c); it != busy_.end(); it = busy_.find(c)) {
+        // The first waiter brings the notifier: an uncontended lock allocates none.
+        if (!it->second) it->second = std::make_shared<Notifier>();
         auto n = it->second;
         co_await n->wait();
     }
-    busy_.emplace(c, std::make_shared<Notifier>());
+    busy_.emplace(c, nullptr);
     co_return ClusterLock(*this, c);
 }
 
@@ -52,7 +59,7 @@ void Qcow2Image::unlock_cluster(ClusterIndex c) {
     if (it == busy_.end()) return;
     auto n = std::move(it->second);
     busy_.erase(it);
-    n->notify_all();
+    if (n) n->notify_all();
 }
 
 Qcow2Image::Qcow2Image(ImageParts p)

@@ -141,7 +141,12 @@ class Qcow2Image final : public Disk, public std::enable_shared_from_this<Qcow2I
     /// l2_table(c, false) without a coroutine frame when it can: the table (null for none)
     /// when no read is needed, nullopt when the table must be read from the file first.
     std::optional<CacheRef> l2_table_cached(ClusterIndex c);
+    /// l2_table(c, true) without a coroutine frame where the table exists, is owned (COPIED)
+    /// and cached; nullopt otherwise (l2_table creates, reads or refuses it).
+    std::optional<CacheRef> l2_table_cached_writable(ClusterIndex c);
     awaitable<Result<ClusterInfo>> lookup(ClusterIndex c);
+    /// lookup(c) from a cached table (no coroutine frame); nullopt when the table must be read.
+    std::optional<Result<ClusterInfo>> lookup_cached(ClusterIndex c);
     /// The entry of `c` in `table`, refused as corrupt where it points past the file's end.
     Result<ClusterInfo> decode_checked(const CacheRef& table, ClusterIndex c) const;
     /// The plan of [off, off + len), reading the L2 tables the cache lacks.
@@ -166,12 +171,18 @@ class Qcow2Image final : public Disk, public std::enable_shared_from_this<Qcow2I
                                             std::span<std::byte> out);
 
     // Writing (image_write.cpp; the plan comes from write_plan.hpp).
-    awaitable<Result<void>> check_writable(GuestOffset off, uint64_t len);
+    Result<void> check_writable(GuestOffset off, uint64_t len) const;
     WriteContext write_context() const;
     /// Takes the busy marker of `c`, waiting for the request that holds it.
+    /// lock_cluster(c) without a coroutine frame when `c` is free; nullopt when it is busy.
+    std::optional<ClusterLock> try_lock_cluster(ClusterIndex c);
     awaitable<ClusterLock> lock_cluster(ClusterIndex c);
     void unlock_cluster(ClusterIndex c);
     awaitable<Result<std::vector<ClusterState>>> cluster_states(GuestOffset off, uint64_t len);
+    /// cluster_states from cached tables only (no coroutine frame); nullopt when one is missing.
+    std::optional<Result<std::vector<ClusterState>>> cluster_states_cached(GuestOffset off,
+                                                                           uint64_t len);
+    /// The plan's writes, started together (not a coroutine itself: it returns their join).
     awaitable<Result<void>> execute(const WritePlan& plan, std::span<const std::byte> buf);
     awaitable<Result<void>> write_cluster(ClusterIndex c, uint64_t start,
                                           std::span<const std::byte> data);
@@ -184,19 +195,31 @@ class Qcow2Image final : public Disk, public std::enable_shared_from_this<Qcow2I
     /// barrier and reads as the guest's old contents (zeros) until the data is durable (R22).
     awaitable<Result<void>> set_mapping(ClusterIndex c, HostOffset host, uint64_t bitmap,
                                         bool early);
+    /// set_mapping without a coroutine frame where the L2 table is cached and writable; false
+    /// (nothing changed) where set_mapping must read or create it.
+    bool set_mapping_cached(ClusterIndex c, HostOffset host, uint64_t bitmap, bool early);
+    void set_data_entry(const CacheRef& t, ClusterIndex c, HostOffset host, uint64_t bitmap,
+                        bool early);
     /// Writes a run of clusters that all need a new host cluster and read as zeros: one
     /// contiguous allocation, one data write (or cluster by cluster if one changed meanwhile).
     awaitable<Result<void>> write_fresh_run(FreshRunStep run, std::span<const std::byte> data);
     awaitable<Result<void>> write_clusters_of(FreshRunStep run, std::span<const std::byte> data);
     awaitable<Result<DataCluster>> allocate_data_cluster(ClusterIndex c);
+    /// allocate_data_cluster without a coroutine frame where it needs no I/O and no wait.
+    std::optional<DataCluster> allocate_data_cluster_now(ClusterIndex c);
+    DataCluster data_cluster_at(const Allocation& a);
     /// Gives back clusters allocated for a write that failed before anything referenced them.
     awaitable<void> give_back(HostOffset host, ClusterCount n);
     void release_host(const ClusterInfo& ci);
     awaitable<Result<void>> after_write(bool fua);
 
-    /// R17: fails with EIO, marking the image corrupt, if data is about to be written over
-    /// metadata (a damaged L2 entry or refcount); ok otherwise.
-    awaitable<Result<void>> check_overlap(HostOffset host, uint64_t len, const char* what);
+    /// R17: true when data written to [host, host + len) would overwrite metadata (a damaged
+    /// L2 entry or refcount); the write must then be refused with refuse_overlap().
+    bool hits_metadata(HostOffset host, uint64_t len) const {
+        return !data_file_ && meta_.overlaps(host, len);
+    }
+    /// R17: the EIO of a write that hits_metadata(), after marking the image corrupt.
+    awaitable<Result<void>> refuse_overlap(HostOffset host, uint64_t len, const char* what);
     /// Marks the image corrupt on disk (as qemu does when it finds damage while writing);
     /// every later write fails with EIO. Returns the error for the request that found it.
     awaitable<Error> signal_corruption(std::string what);

@@ -8,10 +8,11 @@
 
 namespace qnbd::qcow2 {
 
-awaitable<Result<void>> Qcow2Image::check_overlap(HostOffset host, uint64_t len, const char* what) {
-    if (data_file_ || !meta_.overlaps(host, len)) co_return ok();
+awaitable<Result<void>> Qcow2Image::refuse_overlap(HostOffset host, uint64_t len,
+                                                   const char* what) {
     co_return co_await signal_corruption(std::string(what) + " at host offset " + hex(host.value) +
-                                         " would overwrite metadata");
+                                         " (" + std::to_string(len) +
+                                         " bytes) would overwrite metadata");
 }
 
 awaitable<Error> Qcow2Image::signal_corruption(std::string what) {

@@ -108,13 +108,26 @@ std::optional<CacheRef> Qcow2Image::l2_table_cached(ClusterIndex c) {
     return std::nullopt;
 }
 
-awaitable<Result<ClusterInfo>> Qcow2Image::lookup(ClusterIndex c) {
+std::optional<CacheRef> Qcow2Image::l2_table_cached_writable(ClusterIndex c) {
+    const uint64_t l1i = geo_.l1_index(c);
+    if (l1i >= l1_.size()) return std::nullopt;
+    const uint64_t entry = l1_[l1i];
+    if ((entry & kOffsetMask) == 0 || !(entry & kOflagCopied)) return std::nullopt;
+    if (CacheRef t = l2_cache_.find(HostOffset{entry & kOffsetMask})) return t;
+    return std::nullopt;
+}
+
+std::optional<Result<ClusterInfo>> Qcow2Image::lookup_cached(ClusterIndex c) {
     std::optional<CacheRef> t = l2_table_cached(c);
-    if (!t) {
-        auto loaded = co_await l2_table(c, false);
-        if (!loaded) co_return loaded.error();
-        t = std::move(*loaded);
-    }
+    if (!t) return std::nullopt;
+    if (!*t) return Result<ClusterInfo>(ClusterInfo{});
+    return decode_checked(*t, c);
+}
+
+awaitable<Result<ClusterInfo>> Qcow2Image::lookup(ClusterIndex c) {
+    if (auto cached = lookup_cached(c)) co_return std::move(*cached);
+    auto t = co_await l2_table(c, false);
+    if (!t) co_return t.error();
     if (!*t) co_return ClusterInfo{};
     co_return decode_checked(*t, c);
 }

@@ -14,7 +14,7 @@ constexpr uint64_t kClustersAtOnce = 256;
 }  // namespace
 
 awaitable<Result<void>> Qcow2Image::write_zeroes(GuestOffset off, uint64_t len, ZeroFlags flags) {
-    if (auto r = co_await check_writable(off, len); !r) co_return r;
+    if (auto r = check_writable(off, len); !r) co_return r;
     track_dirty(off, len);
     for (GuestOffset pos = off; pos < off + len;) {
         JoinSet join(ex_);
@@ -34,7 +34,8 @@ awaitable<Result<void>> Qcow2Image::write_zeroes(GuestOffset off, uint64_t len, 
 
 awaitable<Result<void>> Qcow2Image::zero_cluster(ClusterIndex c, uint64_t start, uint64_t len,
                                                  ZeroFlags flags) {
-    auto lock = co_await lock_cluster(c);
+    std::optional<ClusterLock> lock = try_lock_cluster(c);
+    if (!lock) lock.emplace(co_await lock_cluster(c));
     auto l = co_await lookup(c);
     if (!l) co_return l.error();
     const ClusterInfo ci = *l;
@@ -48,7 +49,8 @@ awaitable<Result<void>> Qcow2Image::zero_cluster(ClusterIndex c, uint64_t start,
     if (flags.fast_only) co_return Error{ENOTSUP, "zeroing this range would write data"};
     Buffer zeros(len);
     if (ci.kind == ClusterKind::Normal && ci.copied && !geo_.extended_l2) {
-        if (auto r = co_await check_overlap(ci.host + start, len, "a zero write"); !r) co_return r;
+        if (hits_metadata(ci.host + start, len))
+            co_return co_await refuse_overlap(ci.host + start, len, "a zero write");
         co_return co_await data_io().write(ci.host + start, zeros.span());
     }
     co_return co_await write_allocating(c, ci, start, zeros.span());
@@ -90,7 +92,7 @@ awaitable<Result<bool>> Qcow2Image::zero_by_metadata(ClusterIndex c, const Clust
 }
 
 awaitable<Result<void>> Qcow2Image::discard(GuestOffset off, uint64_t len, WriteFlags flags) {
-    if (auto r = co_await check_writable(off, len); !r) co_return r;
+    if (auto r = check_writable(off, len); !r) co_return r;
     track_dirty(off, len);
     if (fmt_.data_file_raw) co_return co_await after_write(flags.fua);
     const uint64_t cs = geo_.cluster_size();

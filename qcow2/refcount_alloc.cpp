@@ -65,6 +65,12 @@ awaitable<Refcounts::AllocLock> Refcounts::lock_allocator() {
     co_return AllocLock(this);
 }
 
+std::optional<Allocation> Refcounts::allocate_reserved(ClusterCount n) {
+    // cursor_ at or past the reserve: find_free_run_below(n, res_.next) finds nothing below.
+    if (alloc_busy_ || reserve_left() < n.value || cursor_ < res_.next) return std::nullopt;
+    return take_reserved(n);
+}
+
 awaitable<Result<Allocation>> Refcounts::allocate(ClusterCount n) {
     AllocLock lock = co_await lock_allocator();
     for (;;) {

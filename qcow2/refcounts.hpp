@@ -73,6 +73,10 @@ class Refcounts {
     ClusterCount max_run() const { return ClusterCount{per_block_ - 1}; }
     /// Allocates `n` (at most max_run()) contiguous free clusters with refcount 1.
     awaitable<Result<Allocation>> allocate(ClusterCount n);
+    /// allocate(n) without a coroutine frame where it needs no I/O and no wait: the allocator
+    /// is free and the reserve serves the run, with no freed cluster below it (R22). Else
+    /// nullopt, and the caller calls allocate().
+    std::optional<Allocation> allocate_reserved(ClusterCount n);
     /// The first run of `n` free clusters at or after the allocation cursor (read-only; the
     /// first cluster of a range without a refcount block is never part of a run).
     awaitable<Result<HostClusterIndex>> find_free_run(ClusterCount n);
