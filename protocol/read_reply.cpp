@@ -56,19 +56,25 @@ std::vector<ReadReplyPart> encode_read_reply(const ReadReply& r, std::span<const
         out.push_back(make_part(encode_chunk_none(r.cookie)));
         return out;
     }
+    return encode_read_reply_range(r, 0, r.length, holes);
+}
+
+std::vector<ReadReplyPart> encode_read_reply_range(const ReadReply& r, uint64_t from, uint64_t to,
+                                                   std::span<const ReadHole> holes) {
+    std::vector<ReadReplyPart> out;
     if (r.dont_fragment) holes = {};
     out.reserve(holes.size() * 2 + 1);
     ChunkPlan plan(r, out);
-    uint64_t pos = 0;  // Everything before pos has been planned.
+    uint64_t pos = from;  // Everything before pos has been planned.
     for (const ReadHole& h : holes) {
         const bool usable =
-            h.length && h.offset >= pos && h.offset <= r.length && h.length <= r.length - h.offset;
+            h.length && h.offset >= pos && h.offset <= to && h.length <= to - h.offset;
         if (!usable) continue;
         if (h.offset > pos) plan.data(pos, h.offset);
         plan.hole(h.offset, h.offset + h.length);
         pos = h.offset + h.length;
     }
-    if (pos < r.length) plan.data(pos, r.length);
+    if (pos < to) plan.data(pos, to);
     return out;
 }
 

@@ -53,4 +53,11 @@ struct ReadReplyPart {
 /// be in order and within the read; empty, overlapping or out-of-range ones are sent as data.
 std::vector<ReadReplyPart> encode_read_reply(const ReadReply& r, std::span<const ReadHole> holes);
 
+/// The structured chunks for bytes [from, to) of `r` alone, for a reply sent in pieces: data and
+/// hole chunks as encode_read_reply() makes them, NBD_REPLY_FLAG_DONE only on the chunk that
+/// reaches the end of the read. `holes` are relative to the start of the read, as there; those
+/// not within [from, to) are ignored. Requires r.structured and from < to <= r.length.
+std::vector<ReadReplyPart> encode_read_reply_range(const ReadReply& r, uint64_t from, uint64_t to,
+                                                   std::span<const ReadHole> holes);
+
 }  // namespace qnbd::nbd

@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <cstring>
 #include <vector>
 
@@ -9,10 +11,36 @@
 #include "protocol/errors.hpp"
 #include "protocol/read_reply.hpp"
 #include "server/metrics.hpp"
+#include "server/spawn.hpp"
 
 namespace qnbd::server {
 
 using namespace qnbd::nbd;
+
+namespace {
+
+/// A structured READ of at least kPiecesFrom bytes is read and sent in pieces of kPiece, with
+/// kPiecesAhead piece reads in flight: piece i is sent while piece i + 1 is read. (All at
+/// once, the device shares its bandwidth among them and the first one ends as late as the
+/// whole read would; one at a time, the device idles while a piece is sent.)
+constexpr uint64_t kPiece = 256 * 1024;
+constexpr uint64_t kPiecesFrom = 2 * kPiece;
+constexpr size_t kPiecesAhead = 2;
+
+/// One piece of a read in pieces, and whether its read has ended.
+struct Piece {
+    bool done = false;
+    Result<void> result;
+    std::vector<ZeroRun> zeros;
+};
+
+}  // namespace
+
+/// The pieces of one read; `changed` wakes the sender when one ends.
+struct Pieces {
+    std::vector<Piece> piece;
+    Notifier changed;
+};
 
 namespace {
 
@@ -71,6 +99,10 @@ awaitable<void> RequestHandler::finish(const Result<void>& r) {
 awaitable<void> RequestHandler::send_reply(std::span<const asio::const_buffer> bufs, uint32_t err) {
     co_await c_.send(bufs);
     // Counted even when the reply could not be written: the request was served.
+    count(err);
+}
+
+void RequestHandler::count(uint32_t err) {
     if (ExportMetrics* m = c_.neg_ ? c_.neg_->exp->metrics : nullptr) {
         const auto took = RequestClock::now() - received_;
         m->record(r_.type, err, r_.length,
@@ -106,6 +138,8 @@ awaitable<void> RequestHandler::read() {
                           .length = r_.length,
                           .structured = c_.neg_->structured,
                           .dont_fragment = (r_.flags & NBD_CMD_FLAG_DF) != 0};
+    if (reply.uses_holes() && r_.length >= kPiecesFrom)
+        co_return co_await read_in_pieces(buf, reply);
     std::vector<ZeroRun> zeros;
     auto r = co_await exp().disk->read(GuestOffset{r_.offset}, buf.span(),
                                        reply.uses_holes() ? &zeros : nullptr);
@@ -125,6 +159,61 @@ awaitable<void> RequestHandler::read() {
         if (p.data_length) out.emplace_back(buf.data() + p.data_offset, p.data_length);
     }
     co_await send_reply(out, NBD_SUCCESS);
+}
+
+void RequestHandler::start_piece(Buffer& buf, Pieces& p, size_t i) {
+    const uint64_t from = i * kPiece, len = std::min<uint64_t>(kPiece, r_.length - from);
+    // The handler marks the piece ended whatever happened: read_in_pieces waits for every piece
+    // it started (they read into `buf`) before its frame ends.
+    asio::co_spawn(c_.ex_,
+                   exp().disk->read(GuestOffset{r_.offset + from}, buf.span().subspan(from, len),
+                                    &p.piece[i].zeros),
+                   [&p, i](std::exception_ptr e, Result<void> r) {
+                       p.piece[i].result =
+                           e ? Result<void>(Error{EIO, "internal error: " + exception_message(e)})
+                             : std::move(r);
+                       p.piece[i].done = true;
+                       p.changed.notify_all();
+                   });
+}
+
+awaitable<void> RequestHandler::read_in_pieces(Buffer& buf, const ReadReply& reply) {
+    Pieces p;
+    p.piece.resize((r_.length + kPiece - 1) / kPiece);
+    for (size_t i = 0; i < std::min(kPiecesAhead, p.piece.size()); ++i) start_piece(buf, p, i);
+    bool ended = false;   // The reply is complete or cannot be sent: later pieces are not sent.
+    bool failed = false;  // An error chunk ended it (reply_error counts the request).
+    for (size_t i = 0; i < p.piece.size(); ++i) {
+        while (!p.piece[i].done) co_await p.changed.wait();
+        if (i + kPiecesAhead < p.piece.size()) start_piece(buf, p, i + kPiecesAhead);
+        if (ended) continue;
+        if (const Result<void>& r = p.piece[i].result; !r) {
+            c_.log(spdlog::level::warn, "READ at offset {} length {} failed: {}", r_.offset,
+                   r_.length, r.error().message);
+            co_await reply_error(nbd_error(r.error().code, r_), r.error().message);
+            ended = failed = true;
+            continue;
+        }
+        const uint64_t from = i * kPiece, to = std::min<uint64_t>(from + kPiece, r_.length);
+        if (co_await send_range(buf, reply, from, to, p.piece[i].zeros)) ended = true;
+    }
+    // Counted even when the reply could not be written: the request was served.
+    if (!failed) count(NBD_SUCCESS);
+}
+
+awaitable<error_code> RequestHandler::send_range(Buffer& buf, const ReadReply& reply, uint64_t from,
+                                                 uint64_t to, const std::vector<ZeroRun>& zeros) {
+    std::vector<ReadHole> holes;
+    holes.reserve(zeros.size());
+    for (const ZeroRun& z : zeros) holes.push_back({from + z.offset, z.length});
+    const std::vector<ReadReplyPart> parts = encode_read_reply_range(reply, from, to, holes);
+    std::vector<asio::const_buffer> out;
+    out.reserve(parts.size() * 2);
+    for (const ReadReplyPart& part : parts) {
+        out.emplace_back(part.bytes.data(), part.size);
+        if (part.data_length) out.emplace_back(buf.data() + part.data_offset, part.data_length);
+    }
+    co_return co_await c_.send(out);
 }
 
 awaitable<Result<void>> RequestHandler::write(std::span<const std::byte> payload) {

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "base/buffer.hpp"
+#include "protocol/read_reply.hpp"
 #include "protocol/transmission.hpp"
 #include "server/connection.hpp"
 
@@ -15,6 +16,8 @@ using RequestClock = std::chrono::steady_clock;
 
 /// The name of NBD command `type` for the log ("WRITE"; "command 42" for unknown ones).
 std::string command_name(uint16_t type);
+
+struct Pieces;
 
 /// Handles one request of a connection.
 class RequestHandler {
@@ -29,6 +32,14 @@ class RequestHandler {
 
   private:
     awaitable<void> read();
+    /// A large structured read in pieces, each sent as soon as it is in while the next ones are
+    /// read, so the device's time overlaps the socket's.
+    awaitable<void> read_in_pieces(Buffer& buf, const nbd::ReadReply& reply);
+    /// Starts the read of piece `i` of `p` into `buf`.
+    void start_piece(Buffer& buf, Pieces& p, size_t i);
+    /// Sends the chunks of bytes [from, to) of `reply` from `buf`.
+    awaitable<error_code> send_range(Buffer& buf, const nbd::ReadReply& reply, uint64_t from,
+                                     uint64_t to, const std::vector<ZeroRun>& zeros);
     awaitable<Result<void>> write(std::span<const std::byte> payload);
     awaitable<Result<void>> write_zeroes();
     awaitable<Result<void>> trim();
@@ -38,6 +49,8 @@ class RequestHandler {
     awaitable<void> reply_simple_ok();
     /// Sends the reply `bufs` (NBD error `err`, 0 for success) and counts the request.
     awaitable<void> send_reply(std::span<const asio::const_buffer> bufs, uint32_t err);
+    /// Counts the request in the export's metrics (with --metrics), its reply sent.
+    void count(uint32_t err);
     awaitable<void> finish(const Result<void>& r);
     Export& exp() { return *c_.neg_->exp; }
     bool fua() const { return r_.flags & nbd::NBD_CMD_FLAG_FUA; }

@@ -167,3 +167,19 @@ TEST_CASE("read reply: chunks tile the read and only the last carries DONE", "[p
         CHECK(pos == kOffset + 0x1000);
     }
 }
+
+TEST_CASE("read reply: a reply sent in pieces has DONE only on the last piece's last chunk",
+          "[protocol]") {
+    // Pieces [0, 0x800) and [0x800, 0x1000); a hole straddling the boundary is split by the
+    // server into one run per piece, and a hole of the other piece is ignored.
+    std::vector<ReadHole> first{{0x600, 0x200}, {0x900, 0x100}};
+    check_parts(
+        encode_read_reply_range(structured(), 0, 0x800, first),
+        {{kData + "00000608 0000000000100000", 0, 0x600}, {kHole + "0000000000100600 00000200"}});
+    std::vector<ReadHole> second{{0x800, 0x200}};
+    check_parts(encode_read_reply_range(structured(), 0x800, 0x1000, second),
+                {{kHole + "0000000000100800 00000200"},
+                 {kDataDone + "00000608 0000000000100a00", 0xa00, 0x600}});
+    check_parts(encode_read_reply_range(structured(), 0x800, 0x1000, {}),
+                {{kDataDone + "00000808 0000000000100800", 0x800, 0x800}});
+}
