@@ -47,7 +47,7 @@ void ReplyChecker::finish() const {
     if (lost_) return;
     FUZZ_CHECK(phase_ != Phase::Greeting);
     FUZZ_CHECK(parsed_ == out_.size());  // Nothing half written.
-    FUZZ_CHECK(!open_);
+    FUZZ_CHECK(open_.empty());
     for (const Pending& p : requests_) FUZZ_CHECK(p.answered);
 }
 
@@ -218,7 +218,6 @@ std::optional<size_t> ReplyChecker::attribute(uint64_t cookie, bool simple) {
 bool ReplyChecker::simple_reply() {
     const Bytes a = avail();
     if (a.size() < kSimpleReplySize) return false;
-    FUZZ_CHECK(!open_);  // Inside another reply's chunks.
     auto s = decode_simple_reply(a.first(kSimpleReplySize));
     FUZZ_CHECK(s);
     auto idx = attribute(s->cookie, true);
@@ -241,34 +240,47 @@ bool ReplyChecker::chunk() {
     auto h = decode_chunk_header(a.first(kChunkHeaderSize));
     FUZZ_CHECK(h && structured_ && (h->flags & ~NBD_REPLY_FLAG_DONE) == 0);
     if (a.size() < kChunkHeaderSize + h->length) return false;
-    if (open_) {
-        FUZZ_CHECK(h->cookie == requests_[open_->request].r.cookie);
-    } else {
-        auto idx = attribute(h->cookie, false);
-        if (!idx) return false;
-        requests_[*idx].answered = true;
-        open_ = Open{*idx};
-    }
-    const uint16_t type = requests_[open_->request].r.type;
+    Open* o = reply_for(h->cookie);
+    if (!o) return false;
+    const uint16_t type = requests_[o->request].r.type;
     FUZZ_CHECK(type == NBD_CMD_READ || type == NBD_CMD_BLOCK_STATUS);
-    check_chunk(*h, a.subspan(kChunkHeaderSize, h->length));
+    check_chunk(*o, *h, a.subspan(kChunkHeaderSize, h->length));
     parsed_ += kChunkHeaderSize + h->length;
-    if (h->flags & NBD_REPLY_FLAG_DONE) close_reply();
+    if (h->flags & NBD_REPLY_FLAG_DONE) close_reply(static_cast<size_t>(o - open_.data()));
     return true;
 }
 
-void ReplyChecker::check_chunk(const ChunkHeader& h, Bytes p) {
-    const Request& r = requests_[open_->request].r;
-    ++open_->chunks;
+ReplyChecker::Open* ReplyChecker::reply_for(uint64_t cookie) {
+    auto it = std::find_if(open_.begin(), open_.end(),
+                           [&](const Open& o) { return requests_[o.request].r.cookie == cookie; });
+    if (it != open_.end()) {
+        // A second request with this cookie still unanswered: its reply could begin here too.
+        for (const Pending& p : requests_)
+            if (!p.answered && p.r.cookie == cookie) {
+                lost_ = true;
+                return nullptr;
+            }
+        return &*it;
+    }
+    auto idx = attribute(cookie, false);
+    if (!idx) return nullptr;
+    requests_[*idx].answered = true;
+    open_.push_back(Open{*idx});
+    return &open_.back();
+}
+
+void ReplyChecker::check_chunk(Open& o, const ChunkHeader& h, Bytes p) {
+    const Request& r = requests_[o.request].r;
+    ++o.chunks;
     switch (h.type) {
         case NBD_REPLY_TYPE_NONE:
             return FUZZ_CHECK(p.empty() && (h.flags & NBD_REPLY_FLAG_DONE));
         case NBD_REPLY_TYPE_OFFSET_DATA:
         case NBD_REPLY_TYPE_OFFSET_HOLE:
-            return check_read_chunk(h, p);
+            return check_read_chunk(o, h, p);
         case NBD_REPLY_TYPE_BLOCK_STATUS:
             FUZZ_CHECK(r.type == NBD_CMD_BLOCK_STATUS);
-            return check_status_chunk(p);
+            return check_status_chunk(o, p);
         case NBD_REPLY_TYPE_ERROR:
         case NBD_REPLY_TYPE_ERROR_OFFSET: {
             const size_t fixed = h.type == NBD_REPLY_TYPE_ERROR ? 6 : 14;
@@ -278,7 +290,7 @@ void ReplyChecker::check_chunk(const ChunkHeader& h, Bytes p) {
                 const uint64_t off = load_be<uint64_t>(p.data() + p.size() - 8);
                 FUZZ_CHECK(off >= r.offset && off - r.offset < r.length);
             }
-            open_->error = true;
+            o.error = true;
             return;
         }
         default:
@@ -286,24 +298,24 @@ void ReplyChecker::check_chunk(const ChunkHeader& h, Bytes p) {
     }
 }
 
-void ReplyChecker::check_read_chunk(const ChunkHeader& h, Bytes p) {
-    const Request& r = requests_[open_->request].r;
+void ReplyChecker::check_read_chunk(Open& o, const ChunkHeader& h, Bytes p) {
+    const Request& r = requests_[o.request].r;
     FUZZ_CHECK(r.type == NBD_CMD_READ);
     const bool data = h.type == NBD_REPLY_TYPE_OFFSET_DATA;
     FUZZ_CHECK(data ? p.size() > 8 : p.size() == 12);
     const uint64_t off = load_be<uint64_t>(p.data());
     const uint64_t n = data ? p.size() - 8 : load_be<uint32_t>(p.data() + 8);
-    FUZZ_CHECK(n > 0 && off == r.offset + open_->covered);  // In order, no gaps.
-    open_->covered += n;
-    FUZZ_CHECK(open_->covered <= r.length);
+    FUZZ_CHECK(n > 0 && off == r.offset + o.covered);  // In order, no gaps.
+    o.covered += n;
+    FUZZ_CHECK(o.covered <= r.length);
 }
 
-void ReplyChecker::check_status_chunk(Bytes p) {
-    const Request& r = requests_[open_->request].r;
+void ReplyChecker::check_status_chunk(Open& o, Bytes p) {
+    const Request& r = requests_[o.request].r;
     FUZZ_CHECK(p.size() >= 12 && (p.size() - 4) % 8 == 0);
     const uint32_t id = load_be<uint32_t>(p.data());
-    FUZZ_CHECK(context_from_id(id) && !(open_->contexts & (1u << id)));
-    open_->contexts |= 1u << id;
+    FUZZ_CHECK(context_from_id(id) && !(o.contexts & (1u << id)));
+    o.contexts |= 1u << id;
     const size_t n = (p.size() - 4) / 8;
     if (r.flags & NBD_CMD_FLAG_REQ_ONE) FUZZ_CHECK(n == 1);
     uint64_t total = 0;
@@ -318,9 +330,9 @@ void ReplyChecker::check_status_chunk(Bytes p) {
     FUZZ_CHECK(total <= r.length);
 }
 
-void ReplyChecker::close_reply() {
-    const Open o = *open_;
-    open_.reset();
+void ReplyChecker::close_reply(size_t open_index) {
+    const Open o = open_[open_index];
+    open_.erase(open_.begin() + static_cast<std::ptrdiff_t>(open_index));
     if (o.error) return;
     const Request& r = requests_[o.request].r;
     if (r.type == NBD_CMD_BLOCK_STATUS) return FUZZ_CHECK(o.contexts != 0);

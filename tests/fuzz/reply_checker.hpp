@@ -7,7 +7,8 @@
 //     of the size their type requires, an EXPORT_NAME reply only for EXPORT_NAME;
 //   - simple replies carry a known error and, for a successful simple READ, exactly its data;
 //   - with structured replies, READ and BLOCK_STATUS are answered with chunks (and only
-//     they), each reply's chunks are contiguous in the stream and end with DONE, data and hole
+//     they), each reply's chunks end with DONE (chunks of different replies and simple
+//     replies may come between them, as the spec allows), data and hole
 //     chunks cover a successful READ in order (one chunk for DF), block status chunks name
 //     distinct known contexts with nonzero extents within the request (one with REQ_ONE).
 // A reply whose request cannot be told apart (same cookie, requests that would be answered
@@ -62,10 +63,13 @@ class ReplyChecker {
     bool export_name_reply();
     bool simple_reply();
     bool chunk();
-    void check_chunk(const nbd::ChunkHeader& h, nbd::Bytes payload);
-    void check_read_chunk(const nbd::ChunkHeader& h, nbd::Bytes payload);
-    void check_status_chunk(nbd::Bytes payload);
-    void close_reply();
+    /// The open reply a chunk with `cookie` continues, or a new one; null when the chunk cannot
+    /// be attributed (checking stops).
+    Open* reply_for(uint64_t cookie);
+    void check_chunk(Open& o, const nbd::ChunkHeader& h, nbd::Bytes payload);
+    void check_read_chunk(Open& o, const nbd::ChunkHeader& h, nbd::Bytes payload);
+    void check_status_chunk(Open& o, nbd::Bytes payload);
+    void close_reply(size_t open_index);
     std::optional<size_t> attribute(uint64_t cookie, bool simple);
     uint32_t current_option() const;
     nbd::Bytes avail() const;
@@ -80,7 +84,7 @@ class ReplyChecker {
     bool lost_ = false;  ///< Could not attribute a reply; checking stopped.
     std::vector<Option> options_;
     std::vector<Pending> requests_;
-    std::optional<Open> open_;
+    std::vector<Open> open_;  ///< Structured replies begun and not yet done.
 };
 
 }  // namespace qnbd::fuzz
