@@ -211,6 +211,9 @@ class Qcow2Image final : public Disk, public std::enable_shared_from_this<Qcow2I
     /// Gives back clusters allocated for a write that failed before anything referenced them.
     awaitable<void> give_back(HostOffset host, ClusterCount n);
     void release_host(const ClusterInfo& ci);
+    /// True when a write (FUA, or any under writethrough) ends with a flush.
+    bool flush_after(bool fua) const { return fua || opts_.writethrough; }
+    /// The flush a write ends with where flush_after(fua).
     awaitable<Result<void>> after_write(bool fua);
 
     /// R17: true when data written to [host, host + len) would overwrite metadata (a damaged

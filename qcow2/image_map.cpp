@@ -110,11 +110,10 @@ std::optional<CacheRef> Qcow2Image::l2_table_cached(ClusterIndex c) {
 
 std::optional<CacheRef> Qcow2Image::l2_table_cached_writable(ClusterIndex c) {
     const uint64_t l1i = geo_.l1_index(c);
-    if (l1i >= l1_.size()) return std::nullopt;
-    const uint64_t entry = l1_[l1i];
-    if ((entry & kOffsetMask) == 0 || !(entry & kOflagCopied)) return std::nullopt;
-    if (CacheRef t = l2_cache_.find(HostOffset{entry & kOffsetMask})) return t;
-    return std::nullopt;
+    if (l1i >= l1_.size() || !(l1_[l1i] & kOflagCopied)) return std::nullopt;
+    std::optional<CacheRef> t = l2_table_cached(c);
+    if (!t || !*t) return std::nullopt;  // Not cached, or no table yet: l2_table creates it.
+    return t;
 }
 
 std::optional<Result<ClusterInfo>> Qcow2Image::lookup_cached(ClusterIndex c) {

@@ -38,7 +38,7 @@ awaitable<Result<void>> Qcow2Image::write(GuestOffset off, std::span<const std::
     data_written_ = true;
     guard.reset();  // A FUA flush waits for a barrier, which may wait for this guard (R7).
     if (!r) co_return r;
-    if (flags.fua || opts_.writethrough) co_return co_await flush();
+    if (flush_after(flags.fua)) co_return co_await flush();  // after_write() without its frame
     co_return ok();
 }
 
@@ -293,7 +293,7 @@ awaitable<Result<void>> Qcow2Image::write_clusters_of(FreshRunStep run,
 }
 
 awaitable<Result<void>> Qcow2Image::after_write(bool fua) {
-    if (fua || opts_.writethrough) co_return co_await flush();
+    if (flush_after(fua)) co_return co_await flush();
     co_return ok();
 }
 

@@ -27,17 +27,36 @@ constexpr uint64_t kPiece = 256 * 1024;
 constexpr uint64_t kPiecesFrom = 2 * kPiece;
 constexpr size_t kPiecesAhead = 2;
 
-/// One piece of a read in pieces, and whether its read has ended.
-struct Piece {
-    bool done = false;
-    Result<void> result;
-    std::vector<ZeroRun> zeros;
-};
+/// The reply's header and data buffers: they point into `parts` and `buf`, which must outlive
+/// them.
+std::vector<asio::const_buffer> reply_buffers(const std::vector<ReadReplyPart>& parts,
+                                              const Buffer& buf) {
+    std::vector<asio::const_buffer> out;
+    out.reserve(parts.size() * 2);
+    for (const ReadReplyPart& p : parts) {
+        out.emplace_back(p.bytes.data(), p.size);
+        if (p.data_length) out.emplace_back(buf.data() + p.data_offset, p.data_length);
+    }
+    return out;
+}
+
+/// The engine's zero runs of a read starting `from` bytes into the request, as reply holes.
+std::vector<ReadHole> holes_of(const std::vector<ZeroRun>& zeros, uint64_t from) {
+    std::vector<ReadHole> holes;
+    holes.reserve(zeros.size());
+    for (const ZeroRun& z : zeros) holes.push_back({from + z.offset, z.length});
+    return holes;
+}
 
 }  // namespace
 
-/// The pieces of one read; `changed` wakes the sender when one ends.
+/// The pieces of one read in pieces; `changed` wakes the sender when one ends.
 struct Pieces {
+    struct Piece {
+        bool done = false;  ///< Its read has ended, with `result`.
+        Result<void> result;
+        std::vector<ZeroRun> zeros;
+    };
     std::vector<Piece> piece;
     Notifier changed;
 };
@@ -143,22 +162,16 @@ awaitable<void> RequestHandler::read() {
     std::vector<ZeroRun> zeros;
     auto r = co_await exp().disk->read(GuestOffset{r_.offset}, buf.span(),
                                        reply.uses_holes() ? &zeros : nullptr);
-    if (!r) {
-        c_.log(spdlog::level::warn, "READ at offset {} length {} failed: {}", r_.offset, r_.length,
-               r.error().message);
-        co_return co_await reply_error(nbd_error(r.error().code, r_), r.error().message);
-    }
-    std::vector<ReadHole> holes;
-    holes.reserve(zeros.size());
-    for (const ZeroRun& z : zeros) holes.push_back({z.offset, z.length});
-    const std::vector<ReadReplyPart> parts = encode_read_reply(reply, holes);
-    std::vector<asio::const_buffer> out;
-    out.reserve(parts.size() * 2);
-    for (const ReadReplyPart& p : parts) {
-        out.emplace_back(p.bytes.data(), p.size);
-        if (p.data_length) out.emplace_back(buf.data() + p.data_offset, p.data_length);
-    }
+    if (!r) co_return co_await read_failed(r.error());
+    const std::vector<ReadReplyPart> parts = encode_read_reply(reply, holes_of(zeros, 0));
+    const auto out = reply_buffers(parts, buf);
     co_await send_reply(out, NBD_SUCCESS);
+}
+
+awaitable<void> RequestHandler::read_failed(const Error& e) {
+    c_.log(spdlog::level::warn, "READ at offset {} length {} failed: {}", r_.offset, r_.length,
+           e.message);
+    co_await reply_error(nbd_error(e.code, r_), e.message);
 }
 
 void RequestHandler::start_piece(Buffer& buf, Pieces& p, size_t i) {
@@ -188,32 +201,18 @@ awaitable<void> RequestHandler::read_in_pieces(Buffer& buf, const ReadReply& rep
         if (i + kPiecesAhead < p.piece.size()) start_piece(buf, p, i + kPiecesAhead);
         if (ended) continue;
         if (const Result<void>& r = p.piece[i].result; !r) {
-            c_.log(spdlog::level::warn, "READ at offset {} length {} failed: {}", r_.offset,
-                   r_.length, r.error().message);
-            co_await reply_error(nbd_error(r.error().code, r_), r.error().message);
+            co_await read_failed(r.error());
             ended = failed = true;
             continue;
         }
         const uint64_t from = i * kPiece, to = std::min<uint64_t>(from + kPiece, r_.length);
-        if (co_await send_range(buf, reply, from, to, p.piece[i].zeros)) ended = true;
+        const std::vector<ReadReplyPart> parts =
+            encode_read_reply_range(reply, from, to, holes_of(p.piece[i].zeros, from));
+        const auto out = reply_buffers(parts, buf);
+        if (co_await c_.send(out)) ended = true;
     }
     // Counted even when the reply could not be written: the request was served.
     if (!failed) count(NBD_SUCCESS);
-}
-
-awaitable<error_code> RequestHandler::send_range(Buffer& buf, const ReadReply& reply, uint64_t from,
-                                                 uint64_t to, const std::vector<ZeroRun>& zeros) {
-    std::vector<ReadHole> holes;
-    holes.reserve(zeros.size());
-    for (const ZeroRun& z : zeros) holes.push_back({from + z.offset, z.length});
-    const std::vector<ReadReplyPart> parts = encode_read_reply_range(reply, from, to, holes);
-    std::vector<asio::const_buffer> out;
-    out.reserve(parts.size() * 2);
-    for (const ReadReplyPart& part : parts) {
-        out.emplace_back(part.bytes.data(), part.size);
-        if (part.data_length) out.emplace_back(buf.data() + part.data_offset, part.data_length);
-    }
-    co_return co_await c_.send(out);
 }
 
 awaitable<Result<void>> RequestHandler::write(std::span<const std::byte> payload) {

@@ -35,11 +35,10 @@ class RequestHandler {
     /// A large structured read in pieces, each sent as soon as it is in while the next ones are
     /// read, so the device's time overlaps the socket's.
     awaitable<void> read_in_pieces(Buffer& buf, const nbd::ReadReply& reply);
+    /// Logs a failed READ and sends its error reply.
+    awaitable<void> read_failed(const Error& e);
     /// Starts the read of piece `i` of `p` into `buf`.
     void start_piece(Buffer& buf, Pieces& p, size_t i);
-    /// Sends the chunks of bytes [from, to) of `reply` from `buf`.
-    awaitable<error_code> send_range(Buffer& buf, const nbd::ReadReply& reply, uint64_t from,
-                                     uint64_t to, const std::vector<ZeroRun>& zeros);
     awaitable<Result<void>> write(std::span<const std::byte> payload);
     awaitable<Result<void>> write_zeroes();
     awaitable<Result<void>> trim();
